@@ -1,0 +1,139 @@
+"""The data model every stage after loading reads and every renderer prints.
+
+Plain dataclasses only: no Keras object is ever stored here, so renderers and
+the JSON writer never touch Keras.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+SCHEMA = "lossmap/1"
+
+KINDS = ("compiled", "weight_regularizer", "activity_regularizer", "add_loss", "custom")
+LEVELS = ("info", "warning", "error")
+
+
+@dataclass
+class ModelInfo:
+    source: str
+    name: str
+    engine: str
+    keras_version: str
+    backend: str
+    saved_with: Optional[str]
+    compiled: bool
+    custom_train_step: bool
+    custom_compute_loss: bool
+
+
+@dataclass
+class BatchInfo:
+    source: str  # "file" | "synthetic"
+    size: int
+    seed: Optional[int]
+
+
+@dataclass
+class Term:
+    """One addend of the training loss.
+
+    `value` is the term before its weight, after Keras's own reduction of it;
+    `contribution` is what enters the total.
+    """
+
+    id: str
+    kind: str
+    output: Optional[str]
+    layer: Optional[str]
+    variable: Optional[str]
+    fn: Optional[str]
+    config: Optional[dict]
+    value: float
+    weight: float
+    contribution: float
+    opaque: bool
+    # Beyond the contract's required fields (additive, so schema stays lossmap/1):
+    shape: Optional[list] = None  # shape of the raw tensor before Keras reduced it
+    keras_value: Optional[float] = None  # the same term as Keras's own objects compute it
+    steps: list = field(default_factory=list)  # how the value was computed, for people
+
+
+@dataclass
+class Total:
+    reproduced: float
+    compute_loss: Optional[float]
+    train_step: Optional[float]
+    max_abs_diff: float
+    rtol: float
+    atol: float
+    verified: bool
+    path: str  # which execution path was verified, e.g. "eager"
+    summation: str  # how this Keras adds the terms, in words
+
+
+@dataclass
+class Finding:
+    code: str
+    level: str
+    term: Optional[str]
+    message: str
+
+
+@dataclass
+class Analysis:
+    lossmap_version: str
+    model: ModelInfo
+    batch: BatchInfo
+    terms: list
+    total: Total
+    findings: list
+    gradients: Optional[dict] = None
+    state_restored: Optional[bool] = None
+
+    def term(self, term_id: str) -> Term:
+        for t in self.terms:
+            if t.id == term_id:
+                return t
+        raise KeyError(term_id)
+
+    def to_dict(self) -> dict:
+        doc = {
+            "schema": SCHEMA,
+            "lossmap_version": self.lossmap_version,
+            "model": dataclasses.asdict(self.model),
+            "batch": dataclasses.asdict(self.batch),
+            "terms": [dataclasses.asdict(t) for t in self.terms],
+            "total": dataclasses.asdict(self.total),
+            "findings": [dataclasses.asdict(f) for f in self.findings],
+            "gradients": self.gradients,
+        }
+        return _strict(doc)
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def worst_level(self) -> Optional[str]:
+        levels = [LEVELS.index(f.level) for f in self.findings]
+        return LEVELS[max(levels)] if levels else None
+
+    def __str__(self) -> str:
+        from lossmap.render.text import render_equation
+
+        return render_equation(self)
+
+
+def _strict(obj: Any) -> Any:
+    """NaN and Inf become null: the contract's JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
+        return _strict(obj.item())
+    return obj

@@ -1,0 +1,194 @@
+"""Stage 2: the batch the loss is evaluated on, from a file or made up.
+
+File keys follow the contract: `x`, `y`, `sample_weight` for one input/output;
+`x/<input>`, `y/<output>`, `sample_weight/<output>` for named structures.
+Synthetic batches are seeded and give each loss the labels it expects.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from lossmap.engines.base import Batch, Signature
+from lossmap.errors import UserError
+
+DEFAULT_UNKNOWN_DIM = 4  # a non-batch dimension the model leaves open (sequence length)
+
+
+def synthetic(sig: Signature, batch_size: int = 8, seed: int = 0) -> Batch:
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    rng = np.random.default_rng(seed)
+    x = {}
+    for spec in sig.inputs:
+        shape = _concrete(spec.shape, batch_size)
+        x[spec.name] = _random_input(rng, shape, spec.dtype, sig.int_input_bound, spec.name)
+    y = {}
+    for spec in sig.outputs:
+        y[spec.name] = synthetic_labels(rng, _concrete(spec.shape, batch_size), spec.dtype, spec.loss_fn)
+    return Batch(x=x, y=y, sample_weight={}, source="synthetic", seed=seed)
+
+
+def _concrete(shape, batch_size):
+    dims = list(shape)
+    if not dims:
+        return ()
+    return (batch_size,) + tuple(DEFAULT_UNKNOWN_DIM if d is None else int(d) for d in dims[1:])
+
+
+def _random_input(rng, shape, dtype, int_bound, name):
+    kind = np.dtype(dtype).kind if _is_numpy_dtype(dtype) else "O"
+    if kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if kind in "iu":
+        return rng.integers(0, int_bound, size=shape).astype(dtype)
+    if kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    raise UserError(f"cannot make up data for input '{name}' of dtype {dtype}; pass --data batch.npz")
+
+
+def _is_numpy_dtype(dtype):
+    try:
+        np.dtype(dtype)
+        return True
+    except TypeError:
+        return False
+
+
+def synthetic_labels(rng, pred_shape, pred_dtype, loss_fn):
+    """Valid targets for `loss_fn` on predictions of `pred_shape`."""
+    from lossmap.engines.keras3 import LABEL_KIND
+
+    dtype = pred_dtype if np.dtype(pred_dtype).kind == "f" else "float32"
+    kind = LABEL_KIND.get(loss_fn or "", "real")
+    classes = pred_shape[-1] if len(pred_shape) > 1 else 1
+    if kind == "sparse":
+        return rng.integers(0, max(classes, 1), size=pred_shape[:-1]).astype("int32")
+    if kind == "onehot":
+        idx = rng.integers(0, max(classes, 1), size=pred_shape[:-1])
+        return np.eye(max(classes, 1), dtype=dtype)[idx]
+    if kind == "binary":
+        return rng.integers(0, 2, size=pred_shape).astype(dtype)
+    if kind == "distribution":
+        raw = rng.uniform(0.05, 1.0, size=pred_shape)
+        return (raw / raw.sum(axis=-1, keepdims=True)).astype(dtype)
+    if kind == "positive":
+        return rng.uniform(0.1, 2.0, size=pred_shape).astype(dtype)
+    return rng.standard_normal(pred_shape).astype(dtype)
+
+
+def from_file(path: str, sig: Signature) -> Batch:
+    name = os.path.basename(path)
+    if not os.path.exists(path):
+        raise UserError(f"--data {path}: no such file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise UserError(f"--data {name}: not a NumPy .npz file, or it holds pickled objects "
+                        "(lossmap never unpickles); save plain arrays with numpy.savez") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"--data {name}: cannot be read as a NumPy .npz file ({type(exc).__name__})") from exc
+    if not hasattr(archive, "files"):
+        raise UserError(f"--data {name}: a single .npy array; lossmap needs an .npz with keys x and y")
+    with archive:
+        try:
+            arrays = {k: archive[k] for k in archive.files}
+        except ValueError as exc:
+            raise UserError(f"--data {name}: holds pickled objects (lossmap never unpickles); "
+                            "save plain arrays with numpy.savez") from exc
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise UserError(f"--data {name}: damaged .npz file ({type(exc).__name__})") from exc
+    x = _pick(arrays, "x", [s.name for s in sig.inputs], name, required=True)
+    y = _pick(arrays, "y", [s.name for s in sig.outputs], name, required=True,
+              optional_names={s.name for s in sig.outputs if s.loss_fn is None})
+    sw = _pick(arrays, "sample_weight", [s.name for s in sig.outputs], name, required=False)
+    known = {"x", "y", "sample_weight"} | {f"{p}/{n}" for p in ("x",) for n in (s.name for s in sig.inputs)} \
+        | {f"{p}/{n}" for p in ("y", "sample_weight") for n in (s.name for s in sig.outputs)}
+    extra = sorted(set(arrays) - known)
+    if extra:
+        raise UserError(f"--data {name}: key '{extra[0]}' matches no input or output of the model "
+                        f"(inputs: {', '.join(s.name for s in sig.inputs)}; outputs: "
+                        f"{', '.join(s.name for s in sig.outputs)})")
+    batch = Batch(x=x, y=y, sample_weight=sw, source="file", seed=None)
+    _validate(batch, sig, name)
+    return batch
+
+
+def _pick(arrays, prefix, names, file_name, required, optional_names=()):
+    out = {}
+    if len(names) == 1 and prefix in arrays:
+        out[names[0]] = arrays[prefix]
+        return out
+    for n in names:
+        key = f"{prefix}/{n}"
+        if key in arrays:
+            out[n] = arrays[key]
+        elif required and n not in optional_names:
+            hint = f"'{prefix}'" if len(names) == 1 else f"'{prefix}/<name>' for each of {', '.join(names)}"
+            raise UserError(f"--data {file_name}: missing key '{key}' (expected {hint})")
+    return out
+
+
+def _validate(batch: Batch, sig: Signature, file_name: str):
+    sizes = set()
+    for spec in sig.inputs:
+        arr = batch.x[spec.name]
+        key = "x" if len(sig.inputs) == 1 else f"x/{spec.name}"
+        _check_dtype(arr, key, file_name, spec.dtype)
+        if arr.ndim != len(spec.shape):
+            raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape} but the model expects "
+                            f"{_fmt_shape(spec.shape)}")
+        for got, want in zip(arr.shape[1:], spec.shape[1:]):
+            if want is not None and got != want:
+                raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape} but the model expects "
+                                f"{_fmt_shape(spec.shape)}")
+        sizes.add(arr.shape[0] if arr.ndim else None)
+    for spec in sig.outputs:
+        key = "y" if len(sig.outputs) == 1 else f"y/{spec.name}"
+        if spec.name not in batch.y:
+            batch.y[spec.name] = np.zeros(_concrete(spec.shape, next(iter(sizes))), "float32")
+            continue
+        arr = batch.y[spec.name]
+        _check_dtype(arr, key, file_name, "float32")
+        sparse = spec.loss_fn == "sparse_categorical_crossentropy"
+        want = tuple(spec.shape[:-1]) if sparse else tuple(spec.shape)
+        if not _labels_fit(arr.shape, want, sparse):
+            raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape} but output '{spec.name}' "
+                            f"needs {_fmt_shape(want)}" + (" (integer class ids)" if sparse else ""))
+        sizes.add(arr.shape[0] if arr.ndim else None)
+    for out_name, arr in batch.sample_weight.items():
+        key = "sample_weight" if len(sig.outputs) == 1 else f"sample_weight/{out_name}"
+        _check_dtype(arr, key, file_name, "float32")
+        if arr.ndim == 0 or arr.ndim > len(batch.y[out_name].shape):
+            raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape}; give one weight per sample, "
+                            f"shape ({batch.y[out_name].shape[0]},)")
+        sizes.add(arr.shape[0])
+    if len(sizes) != 1 or None in sizes:
+        raise UserError(f"--data {file_name}: arrays disagree on the batch size ({sorted(s for s in sizes if s is not None)})")
+
+
+def _labels_fit(shape, want, sparse):
+    if len(shape) == 0:
+        return False
+    candidates = [tuple(want)]
+    if len(want) >= 1 and want[-1] == 1:
+        candidates.append(tuple(want[:-1]))
+    candidates.append(tuple(want) + (1,))
+    for cand in candidates:
+        if len(cand) == len(shape) and all(w is None or w == g for g, w in zip(shape[1:], cand[1:])):
+            return True
+    return False
+
+
+def _check_dtype(arr, key, file_name, want):
+    kind = arr.dtype.kind
+    if kind not in "biuf":
+        raise UserError(f"--data {file_name}: '{key}' has dtype {arr.dtype}; it must be numeric")
+    if np.dtype(want).kind in "iu" and kind == "f":
+        raise UserError(f"--data {file_name}: '{key}' has dtype {arr.dtype} but the model expects {want}")
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join("batch" if i == 0 else ("any" if d is None else str(d)) for i, d in enumerate(shape)) + ")"

@@ -1,0 +1,149 @@
+"""Command line: `lossmap check|explain MODEL`.
+
+Parsing and usage errors never import TensorFlow: `lossmap --help` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lossmap import __version__
+from lossmap.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, UserError
+
+LEVEL_ORDER = {"info": 0, "warning": 1, "error": 2}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"lossmap: {message} (see lossmap {self._sub_name()}--help)\n")
+
+    def _sub_name(self):
+        parts = self.prog.split()
+        return (parts[1] + " ") if len(parts) > 1 else ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("model and data")
+    g.add_argument("model", metavar="MODEL",
+                   help="a .keras archive, or a factory path/to/file.py:function or package.module:function "
+                        "returning a compiled model")
+    g.add_argument("--data", metavar="BATCH.npz",
+                   help="batch to evaluate: keys x, y, sample_weight (or x/<input>, y/<output>, "
+                        "sample_weight/<output>); default: a synthetic batch")
+    g.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+                   help="size of the synthetic batch (default 8)")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the synthetic batch (default 0)")
+    g.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (or file.py) first so its custom objects register; repeatable")
+    g.add_argument("--unsafe", action="store_true",
+                   help="allow deserializing code such as Lambda layers (Keras safe mode off)")
+    g.add_argument("--engine", choices=("auto", "keras3", "tf_keras"), default="auto")
+    g.add_argument("--no-gradients", action="store_true", help="skip per-term gradient attribution")
+    g.add_argument("--rtol", type=float, default=None, help="relative tolerance (default by dtype: float32 1e-5)")
+    g.add_argument("--atol", type=float, default=None, help="absolute tolerance (default by dtype: float32 1e-7)")
+    g.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    parser = _Parser(
+        prog="lossmap",
+        description="Explain, term by term, the loss Keras trains your model on, and verify it "
+                    "against Keras's own compute_loss and a real train_step.",
+        epilog="Exit codes: 0 verified; 1 mismatch or finding at/above --fail-on; "
+               "2 could not analyse (bad input); 3 internal error.",
+    )
+    parser.add_argument("--version", action="version", version=f"lossmap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    check = sub.add_parser("check", parents=[common], help="verify the total; exit code for CI",
+                           description="Verify the reproduced total against Keras; exit 0/1/2/3.")
+    check.add_argument("--format", choices=("text", "json"), default="text")
+    check.add_argument("--fail-on", choices=("error", "warning"), default="error",
+                       help="lowest finding level that makes the exit code 1 (default error)")
+    sub.add_parser("explain", parents=[common], help="the loss as an equation, a term table and findings",
+                   description="Print the loss as an equation with this batch's numbers.")
+    return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"lossmap: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # lossmap's own failure
+        if args.debug:
+            raise
+        print(f"lossmap: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(run with --debug for the traceback, and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _run(args) -> int:
+    _quiet_tensorflow()
+    if args.data is not None and not os.path.exists(args.data):
+        raise UserError(f"--data {args.data}: no such file")
+    from lossmap.pipeline import analyse
+
+    with _stdout_to_stderr():
+        analysis = analyse(
+            args.model, args.data, batch_size=args.batch_size, seed=args.seed, imports=args.imports,
+            unsafe=args.unsafe, engine=args.engine, rtol=args.rtol, atol=args.atol,
+            gradients=not args.no_gradients)
+    if args.command == "check" and args.format == "json":
+        from lossmap.render.json_report import render
+
+        sys.stdout.write(render(analysis))
+    else:
+        from lossmap.render.text import render
+
+        sys.stdout.write(render(analysis))
+    if args.command == "explain":
+        return EXIT_OK
+    return exit_code(analysis, args.fail_on)
+
+
+def exit_code(analysis, fail_on="error") -> int:
+    total = analysis.total
+    if (total.compute_loss is not None or total.train_step is not None) and not total.verified:
+        return EXIT_FAILED
+    threshold = LEVEL_ORDER[fail_on]
+    if any(LEVEL_ORDER[f.level] >= threshold for f in analysis.findings):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+
+class _stdout_to_stderr:
+    """Anything Keras or user code prints goes to stderr: stdout is the report alone."""
+
+    def __enter__(self):
+        self._saved = sys.stdout
+        sys.stdout = sys.stderr
+
+    def __exit__(self, *exc):
+        sys.stdout = self._saved
+        return False

@@ -1,0 +1,146 @@
+"""The interface every engine (Keras 3, tf_keras, ...) implements.
+
+An engine knows one Keras implementation: how to load a model, where its loss
+terms live, how it runs one training-mode forward pass, how its own
+`compute_loss` and `train_step` are called, and how it reduces and adds terms.
+It hands the rest of lossmap plain data (NumPy arrays, strings, floats).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: tuple  # batch dimension first, None where unknown
+    dtype: str
+
+
+@dataclass
+class OutputSpec(TensorSpec):
+    loss_fn: Optional[str] = None  # name of the built-in loss function scoring it, if known
+
+
+@dataclass
+class Signature:
+    """What a batch for this model must look like."""
+
+    inputs: list  # [TensorSpec], in the order the model takes them
+    input_structure: str  # "single" | "list" | "dict"
+    outputs: list  # [OutputSpec], in the order of the model's flat outputs
+    output_structure: str
+    int_input_bound: int = 2  # exclusive bound for synthetic integer inputs
+
+
+@dataclass
+class Batch:
+    """Arrays by name; the engine packs them into the model's structures."""
+
+    x: dict
+    y: dict
+    sample_weight: dict  # output name -> array (outputs without one are absent)
+    source: str
+    seed: Optional[int]
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.x.values())).shape[0])
+
+
+@dataclass
+class CompiledCapture:
+    """One compiled loss, with the tensors of the captured forward pass."""
+
+    name: str
+    output: str
+    loss_class: str
+    fn: Optional[str]  # built-in loss function name, or None when user-defined
+    fn_kwargs: dict
+    config: Optional[dict]
+    reduction: Optional[str]
+    dtype: str
+    weight: Optional[float]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    logits: Optional[np.ndarray]  # the logits Keras will use instead of y_pred, if any
+    mask: Optional[np.ndarray]
+    sample_weight: Optional[np.ndarray]
+    keras_value: Any  # what Keras's loss object returns for this output (before weight)
+    # For user-defined losses: returns (elementwise values, mask) by calling their code.
+    call_user: Optional[Callable] = None
+    overrides_call: bool = False  # the Loss overrides __call__: nothing to reproduce
+
+
+@dataclass
+class AdditionalCapture:
+    """One entry of `model.losses`: add_loss, activity or weight regularizer."""
+
+    kind: str  # "add_loss" | "activity_regularizer" | "weight_regularizer"
+    layer: str
+    variable: Optional[str]
+    index: int  # position among this layer's entries of the same kind
+    regularizer: Optional[str]  # class name of the regularizer
+    config: Optional[dict]
+    builtin: bool
+    source_tensor: Optional[np.ndarray]  # the variable's value or the layer's output
+    raw: np.ndarray  # the tensor Keras put in model.losses
+    keras_value: float  # what Keras adds for it (after its own aggregation)
+    call_user: Optional[Callable] = None  # for user regularizers: calls their code
+    normalised_by_batch: bool = False  # activity loss divided by the batch size
+
+
+@dataclass
+class Capture:
+    compiled: list
+    additional: list
+    compute_loss: Optional[float]
+    compute_loss_error: Optional[str]
+    dtype: str
+    epsilon: float
+    loss_free_outputs: list = field(default_factory=list)  # outputs with no loss
+
+
+@dataclass
+class Verification:
+    train_step: Optional[float]
+    train_step_error: Optional[str]
+    path: str
+    notes: list
+    state_restored: bool
+
+
+class Engine:
+    """Base class; see `lossmap.engines.keras3.Keras3Engine`."""
+
+    name = "?"
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def backend(self) -> str:
+        raise NotImplementedError
+
+    def load_archive(self, path: str, safe_mode: bool):
+        raise NotImplementedError
+
+    def is_model(self, obj) -> bool:
+        raise NotImplementedError
+
+    def model_info(self, model, source: str, saved_with: Optional[str]):
+        raise NotImplementedError
+
+    def signature(self, model) -> Signature:
+        raise NotImplementedError
+
+    def capture(self, model, batch: Batch) -> Capture:
+        raise NotImplementedError
+
+    def verify_train_step(self, model, batch: Batch) -> Verification:
+        raise NotImplementedError
+
+    def summation(self) -> str:
+        raise NotImplementedError

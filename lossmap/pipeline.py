@@ -1,0 +1,96 @@
+"""The whole flow, one stage after another: load, batch, capture, reproduce, verify, findings.
+
+    >>> import lossmap
+    >>> result = lossmap.analyse("model.keras")          # doctest: +SKIP
+    >>> print(result)                                    # the equation, with this batch's numbers
+"""
+from __future__ import annotations
+
+from lossmap import __version__
+from lossmap import batch as batch_module
+from lossmap import findings as findings_module
+from lossmap.analysis import Analysis, BatchInfo, Total
+from lossmap.errors import UserError
+from lossmap.load import load
+from lossmap.terms import build_terms, reproduce_total
+from lossmap.verify import compare, scalar, tolerances
+
+
+def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False, engine="auto",
+            rtol=None, atol=None, gradients=False) -> Analysis:
+    """Explain and verify the training loss of `model` (a path, a factory spec or a live model).
+
+    The model is left exactly as it was: every variable the run touches is
+    restored, and `Analysis.state_restored` records the bit-for-bit check.
+    """
+    loaded = load(model, imports=imports, unsafe=unsafe, engine=engine)
+    eng, m = loaded.engine, loaded.model
+    info = eng.model_info(m, loaded.source, loaded.saved_with)
+    state = eng.state(m)
+    try:
+        sig = eng.signature(m)
+        batch = batch_module.from_file(data, sig) if data else batch_module.synthetic(sig, batch_size, seed)
+        eng.seed_random(seed if seed is not None else 0)
+        capture = eng.capture(m, batch, sig)
+        state.restore()
+        verification = None
+        if info.compiled:
+            eng.seed_random(seed if seed is not None else 0)
+            verification = eng.verify_train_step(m, batch, sig)
+    finally:
+        state.restore()
+    restored = state.identical()
+
+    terms = _unique_ids(build_terms(capture))
+    if not info.compiled and not terms:
+        raise UserError(f"model '{m.name}' is not compiled and has no losses (no add_loss, no "
+                        "regularizers): there is nothing to explain; compile it with a loss")
+    rtol_, atol_ = tolerances(capture.dtype, rtol, atol)
+    reproduced = reproduce_total(terms)
+    keras_compute = scalar(capture.compute_loss)
+    keras_step = verification.train_step if verification else None
+    scale = sum(abs(t.contribution) for t in terms)
+    diff, verified = compare(reproduced, [keras_compute, keras_step], scale, rtol_, atol_)
+    total = Total(
+        reproduced=reproduced,
+        compute_loss=keras_compute,
+        train_step=keras_step,
+        max_abs_diff=diff,
+        rtol=rtol_,
+        atol=atol_,
+        verified=verified,
+        path=verification.path if verification else "eager (compute_loss only)",
+        summation=eng.summation(),
+    )
+    analysis = Analysis(
+        lossmap_version=__version__,
+        model=info,
+        batch=BatchInfo(batch.source, batch.size, batch.seed),
+        terms=terms,
+        total=total,
+        findings=[],
+        state_restored=restored,
+    )
+    analysis.findings = findings_module.collect(
+        analysis, capture,
+        frozen_regularized=eng.frozen_regularized_variables(m),
+        verification_notes=verification.notes if verification else (),
+        compute_loss_error=capture.compute_loss_error,
+        train_step_error=verification.train_step_error if verification else None,
+    )
+    if not restored:
+        analysis.findings.append(findings_module.Finding(
+            "STATE_NOT_RESTORED", "error", None,
+            "lossmap could not put the model's state back bit for bit (a lossmap bug: please report it)"))
+    return analysis
+
+
+def _unique_ids(terms):
+    seen = {}
+    for t in terms:
+        if t.id in seen:
+            seen[t.id] += 1
+            t.id = f"{t.id}#{seen[t.id]}"
+        else:
+            seen[t.id] = 0
+    return terms

@@ -1,0 +1,75 @@
+"""The terminal explanation: the equation with this batch's numbers, the terms, the findings."""
+from __future__ import annotations
+
+from lossmap.render import environment, format_number
+
+KIND_LABEL = {
+    "compiled": "compiled loss",
+    "weight_regularizer": "weight regularizer",
+    "activity_regularizer": "activity regularizer",
+    "add_loss": "add_loss",
+    "custom": "custom",
+}
+
+
+def describe(term) -> str:
+    if term.kind == "compiled":
+        return f"{term.output}, {term.fn}"
+    if term.kind == "weight_regularizer":
+        return f"{term.fn} on {term.variable}"
+    if term.kind == "activity_regularizer":
+        return f"{term.fn} on the output of {term.layer}"
+    return f"add_loss in {term.layer}"
+
+
+def equation_parts(analysis):
+    parts = []
+    for t in analysis.terms:
+        number = format_number(t.value)
+        body = f"{format_number(t.weight)} x {number}" if t.weight != 1.0 else number
+        parts.append(f"{body} ({describe(t)})")
+    return parts
+
+
+def render_equation(analysis) -> str:
+    parts = equation_parts(analysis)
+    rhs = "\n     + ".join(parts) if parts else "0"
+    return f"loss {format_number(analysis.total.reproduced)} =\n       {rhs}"
+
+
+def render(analysis, width: int = 100) -> str:
+    env = environment(autoescape=False)
+    template = env.get_template("explain.txt.j2")
+    total = analysis.total
+    scale = sum(abs(t.contribution) for t in analysis.terms) or 1.0
+    rows = [{
+        "id": t.id,
+        "kind": KIND_LABEL.get(t.kind, t.kind),
+        "what": describe(t),
+        "value": format_number(t.value),
+        "weight": format_number(t.weight),
+        "contribution": format_number(t.contribution),
+        "share": f"{100.0 * abs(t.contribution) / scale:.1f}%",
+        "opaque": "user code" if t.opaque else "",
+        "steps": t.steps,
+    } for t in analysis.terms]
+    return template.render(
+        a=analysis,
+        equation=render_equation(analysis),
+        rows=rows,
+        total=total,
+        verdict=verdict(analysis),
+        widths=_widths(rows),
+    )
+
+
+def verdict(analysis) -> str:
+    total = analysis.total
+    if total.compute_loss is None and total.train_step is None:
+        return "NOT VERIFIED (Keras computed no total to compare with)"
+    return "VERIFIED" if total.verified else "MISMATCH"
+
+
+def _widths(rows):
+    cols = ("id", "kind", "value", "weight", "contribution", "share")
+    return {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
