@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow deserializing code such as Lambda layers (Keras safe mode off)")
     g.add_argument("--engine", choices=("auto", "keras3", "tf_keras"), default="auto")
     g.add_argument("--no-gradients", action="store_true", help="skip per-term gradient attribution")
+    g.add_argument("--gradient-limit", type=_positive_int, default=None, metavar="N",
+                   help="trunk-sharing terms that get a backward pass each before terms are grouped (default 8)")
     g.add_argument("--rtol", type=float, default=None, help="relative tolerance (default by dtype: float32 1e-5)")
     g.add_argument("--atol", type=float, default=None, help="absolute tolerance (default by dtype: float32 1e-7)")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -107,7 +109,7 @@ def _run(args) -> int:
         analysis = analyse(
             args.model, args.data, batch_size=args.batch_size, seed=args.seed, imports=args.imports,
             unsafe=args.unsafe, engine=args.engine, rtol=args.rtol, atol=args.atol,
-            gradients=not args.no_gradients)
+            gradients=not args.no_gradients, gradient_limit=args.gradient_limit)
     if args.command == "check" and args.format == "json":
         from lossmap.render.json_report import render
 

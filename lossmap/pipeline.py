@@ -9,6 +9,7 @@ from __future__ import annotations
 from lossmap import __version__
 from lossmap import batch as batch_module
 from lossmap import findings as findings_module
+from lossmap import gradients as gradients_module
 from lossmap.analysis import Analysis, BatchInfo, Total
 from lossmap.errors import UserError
 from lossmap.load import load
@@ -17,7 +18,7 @@ from lossmap.verify import compare, scalar, tolerances
 
 
 def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False, engine="auto",
-            rtol=None, atol=None, gradients=False) -> Analysis:
+            rtol=None, atol=None, gradients=True, gradient_limit=None) -> Analysis:
     """Explain and verify the training loss of `model` (a path, a factory spec or a live model).
 
     The model is left exactly as it was: every variable the run touches is
@@ -32,16 +33,22 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
         batch = batch_module.from_file(data, sig) if data else batch_module.synthetic(sig, batch_size, seed)
         eng.seed_random(seed if seed is not None else 0)
         capture = eng.capture(m, batch, sig)
+        terms = _unique_ids(build_terms(capture))
         state.restore()
         verification = None
         if info.compiled:
             eng.seed_random(seed if seed is not None else 0)
             verification = eng.verify_train_step(m, batch, sig)
+            state.restore()
+        attribution = None
+        if gradients and terms:
+            eng.seed_random(seed if seed is not None else 0)
+            limit = gradient_limit or gradients_module.DEFAULT_LIMIT
+            acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit)
+            attribution = gradients_module.summarise(acc, acc.finish(), eng.optimizer_name(m), limit, notes)
     finally:
         state.restore()
     restored = state.identical()
-
-    terms = _unique_ids(build_terms(capture))
     if not info.compiled and not terms:
         raise UserError(f"model '{m.name}' is not compiled and has no losses (no add_loss, no "
                         "regularizers): there is nothing to explain; compile it with a loss")
@@ -70,6 +77,7 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
         total=total,
         findings=[],
         state_restored=restored,
+        gradients=attribution,
     )
     analysis.findings = findings_module.collect(
         analysis, capture,
@@ -78,6 +86,8 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
         compute_loss_error=capture.compute_loss_error,
         train_step_error=verification.train_step_error if verification else None,
     )
+    if attribution is not None:
+        analysis.findings += gradients_module.findings(attribution, terms)
     if not restored:
         analysis.findings.append(findings_module.Finding(
             "STATE_NOT_RESTORED", "error", None,

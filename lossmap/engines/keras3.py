@@ -362,6 +362,66 @@ class Keras3Engine(Engine):
             if swapped is not None:
                 object.__setattr__(model, "optimizer", swapped)
 
+    # ------------------------------------------------------------ gradients
+    def optimizer_name(self, model) -> Optional[str]:
+        opt = getattr(model, "optimizer", None)
+        if opt is None:
+            return None
+        inner = getattr(opt, "inner_optimizer", None)
+        return type(inner or opt).__name__
+
+    def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int):
+        """Per-term gradients of one taped training-mode forward pass, folded into an Accumulator.
+
+        `terms` are the inventory's terms in capture order; the same pass (same
+        seeds) yields the same tensors in the same order.
+        """
+        import tensorflow as tf
+        from lossmap import gradients as gmod
+
+        ops = self.keras.ops
+        xs, ys, sw = self.pack_batch(model, sig, batch)
+        variables = list(model.trainable_variables)
+        paths = [v.path for v in variables]
+        with tf.GradientTape(persistent=True) as tape:
+            y_pred = model(xs, training=True) if model._call_has_training_arg else model(xs)
+            tensors = []
+            compile_loss = getattr(model, "_compile_loss", None)
+            if compile_loss is not None:
+                for path, loss_fn, weight, _ in compile_loss._flat_losses:
+                    y_t, y_p = _resolve(path, ys), _resolve(path, y_pred)
+                    s_w = _resolve(path, sw) if sw is not None and not _is_leaf(sw) else sw
+                    value = ops.cast(loss_fn(y_t, y_p, s_w), compile_loss.dtype)
+                    if weight is not None:
+                        value = ops.multiply(value, weight)
+                    tensors.append(ops.sum(value))
+            for layer in model._flatten_layers(include_self=True):
+                tensors.extend(model._aggregate_additional_loss(t) for t in layer._losses)
+            regularized = [v for v in variables if getattr(v, "regularizer", None) is not None]
+            # Inside the tape: each regularizer reaches only its own variable, so one
+            # backward pass of their sum separates them exactly.
+            reg_sum = ops.sum(ops.stack([ops.cast(v.regularizer(v), "float32") for v in regularized])) \
+                if regularized else None
+        if len(tensors) + len(regularized) != len(terms):
+            raise RuntimeError(f"gradient pass found {len(tensors) + len(regularized)} terms, "
+                               f"the inventory {len(terms)}")
+        shared_terms = terms[: len(tensors)]
+        acc = gmod.Accumulator(paths)
+        notes = []
+        try:
+            for unit, members in gmod.plan_units(shared_terms, limit, notes):
+                # A list of targets is differentiated as their sum, in one backward pass.
+                grads = tape.gradient([tensors[i] for i in members], variables)
+                acc.add_shared(unit, {p: (None if g is None else np.array(g)) for p, g in zip(paths, grads)})
+            if regularized:
+                grads = tape.gradient(reg_sum, regularized)
+                for term, v, g in zip(terms[len(tensors):], regularized, grads):
+                    unit = gmod.Unit(term.id, term.id, term.kind, [term.id], False)
+                    acc.add_local(unit, v.path, None if g is None else np.array(g))
+        finally:
+            del tape
+        return acc, notes
+
     # ------------------------------------------------------------ state
     def state(self, model) -> "ModelState":
         return ModelState(self, model)

@@ -36,7 +36,7 @@ def multitask():
     x = layers.Dropout(0.2, seed=7, name="drop")(x)
     x = ActivationPenalty(0.05, name="penalty")(x)
     price = layers.Dense(1, kernel_regularizer=regularizers.L2(1e-3), name="price")(x)
-    kind = layers.Dense(3, activation="softmax", activity_regularizer=regularizers.L1(1e-2), name="kind")(x)
+    kind = layers.Dense(3, activation="softmax", activity_regularizer=regularizers.L2(1e-2), name="kind")(x)
     model = keras.Model(inputs, [price, kind], name="multitask")
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
