@@ -54,6 +54,8 @@ def render(analysis, width: int = 100) -> str:
         "steps": t.steps,
     } for t in analysis.terms]
     return template.render(
+        gradient_rows=_gradient_rows(analysis),
+        conflicts=_conflicts(analysis),
         a=analysis,
         equation=render_equation(analysis),
         rows=rows,
@@ -73,3 +75,36 @@ def verdict(analysis) -> str:
 def _widths(rows):
     cols = ("id", "kind", "value", "weight", "contribution", "share")
     return {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
+
+
+def _gradient_rows(analysis):
+    g = analysis.gradients
+    if not g:
+        return []
+    rows, seen = [], set()
+    for t in analysis.terms:
+        entry = g["terms"].get(t.id)
+        if entry is None or entry["unit"] in seen:
+            continue
+        seen.add(entry["unit"])
+        unit = next(u for u in g["units"] if u["id"] == entry["unit"])
+        layers = entry["reach"]["layers"]
+        top = sorted(entry["per_layer"].items(), key=lambda kv: -kv[1])[:3]
+        rows.append({
+            "id": unit["label"] if unit["grouped"] else t.id,
+            "norm": format_number(entry["norm"], 4),
+            "share": f"{100.0 * entry['share']:.1f}%",
+            "reach": "nothing (dead)" if entry["dead"] else f"{len(layers)} layer{'s' if len(layers) != 1 else ''}",
+            "top": ", ".join(f"{k} {format_number(v, 3)}" for k, v in top),
+        })
+    return rows
+
+
+def _conflicts(analysis):
+    g = analysis.gradients
+    if not g:
+        return []
+    pairs = [p for p in g["pairs"] if p["cosine"] is not None and p["cosine"] < 0]
+    pairs.sort(key=lambda p: p["cosine"])
+    return [f"{p['a']} vs {p['b']}: cosine {p['cosine']:.2f} on {p['shared_variables']} shared variables"
+            for p in pairs[:10]]
