@@ -48,7 +48,10 @@ def compiled_term(c: CompiledCapture, capture: Capture) -> Term:
         steps.append(f"reduction {c.reduction!r}")
     weight = 1.0 if c.weight is None else c.weight
     value = _as_value(raw) if np.ndim(raw) == 0 else float(np.mean(raw))
-    contribution = float(np.sum(np.asarray(raw) * weight)) if np.ndim(raw) else value * weight
+    # reduction "none": Keras's compute_loss is the unreduced tensor, and both what it logs
+    # (train_step's Mean tracker) and lossmap's verification take its mean, so the term
+    # enters the total as mean x weight (REDUCTION_NONE says the gradient sees the sum).
+    contribution = value * weight
     if c.weight is not None:
         steps.append(f"times loss weight {c.weight:g}")
     config = dict(c.config or {})

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 from typing import Optional
 
@@ -149,6 +150,10 @@ class Keras3Engine(Engine):
         if struct is None:
             spec_in = [self.keras.KerasTensor(i.shape, i.dtype) for i in inputs]
             struct = model.compute_output_spec(spec_in[0] if len(spec_in) == 1 else spec_in)
+        if isinstance(struct, (list, tuple)) and len(struct) == 1:
+            # Functional.call returns unpack_singleton(outputs): a one-output list model
+            # returns the bare tensor, and CompileLoss must be built (and fed) that way.
+            struct = struct[0]
         if isinstance(struct, dict):
             flat = list(struct.items())
             kind = "dict"
@@ -412,12 +417,12 @@ class Keras3Engine(Engine):
             for unit, members in gmod.plan_units(shared_terms, limit, notes):
                 # A list of targets is differentiated as their sum, in one backward pass.
                 grads = tape.gradient([tensors[i] for i in members], variables)
-                acc.add_shared(unit, {p: (None if g is None else np.array(g)) for p, g in zip(paths, grads)})
+                acc.add_shared(unit, {p: _dense_grad(tf, g) for p, g in zip(paths, grads)})
             if regularized:
                 grads = tape.gradient(reg_sum, regularized)
                 for term, v, g in zip(terms[len(tensors):], regularized, grads):
                     unit = gmod.Unit(term.id, term.id, term.kind, [term.id], False)
-                    acc.add_local(unit, v.path, None if g is None else np.array(g))
+                    acc.add_local(unit, v.path, _dense_grad(tf, g))
         finally:
             del tape
         return acc, notes
@@ -432,6 +437,15 @@ class Keras3Engine(Engine):
         import tensorflow as tf
 
         tf.random.set_seed(seed)
+
+
+def _dense_grad(tf, g):
+    """A gradient as a dense array; Embedding (a gather) yields `tf.IndexedSlices`."""
+    if g is None:
+        return None
+    if isinstance(g, tf.IndexedSlices):
+        g = tf.convert_to_tensor(g)
+    return np.array(g)
 
 
 # ---------------------------------------------------------------- state snapshot
@@ -633,6 +647,15 @@ def _explain_load_error(path, exc) -> str:
     if "safe_mode" in text or "unsafe" in text.lower() and "lambda" in text.lower():
         return (f"{name} contains code (such as a Lambda layer) that Keras's safe mode refuses to "
                 "load; if you trust the file, run again with --unsafe")
+    missing = re.search(r"Could not locate (class|function) '([^']+)'", text)
+    if missing:
+        module = re.search(r"Full object config: \{'module': '([^']+)'", text)
+        module = module.group(1) if module and module.group(1) not in ("builtins", "__main__") else None
+        where = f" (defined in module {module})" if module else ""
+        how = f"--import {module}" if module else "--import MODULE"
+        return (f"{name} uses a custom {missing.group(1)} '{missing.group(2)}'{where} that Keras does not know; "
+                f"import the module that defines and registers it with {how} (a module name or path/to/file.py), "
+                "or load the model through a factory file.py:function")
     if "Could not locate" in text or "Unknown" in text and ("layer" in text or "object" in text or "loss" in text):
         first = _one_line(exc)
         return (f"{name} uses a custom object Keras does not know ({first}); register it with "
