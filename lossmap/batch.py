@@ -126,13 +126,16 @@ def _pick(arrays, prefix, names, file_name, required, optional_names=()):
         if key in arrays:
             out[n] = arrays[key]
         elif required and n not in optional_names:
-            hint = f"'{prefix}'" if len(names) == 1 else f"'{prefix}/<name>' for each of {', '.join(names)}"
-            raise UserError(f"--data {file_name}: missing key '{key}' (expected {hint})")
+            if len(names) == 1:
+                raise UserError(f"--data {file_name}: missing key '{prefix}' (or '{key}'); save it with "
+                                f"numpy.savez(..., {prefix}=...)")
+            raise UserError(f"--data {file_name}: missing key '{key}' (expected '{prefix}/<name>' for each of "
+                            f"{', '.join(names)})")
     return out
 
 
 def _validate(batch: Batch, sig: Signature, file_name: str):
-    sizes = set()
+    sizes = {}  # key -> batch size (None for a 0-d array)
     for spec in sig.inputs:
         arr = batch.x[spec.name]
         key = "x" if len(sig.inputs) == 1 else f"x/{spec.name}"
@@ -144,11 +147,11 @@ def _validate(batch: Batch, sig: Signature, file_name: str):
             if want is not None and got != want:
                 raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape} but the model expects "
                                 f"{_fmt_shape(spec.shape)}")
-        sizes.add(arr.shape[0] if arr.ndim else None)
+        sizes[key] = arr.shape[0] if arr.ndim else None
     for spec in sig.outputs:
         key = "y" if len(sig.outputs) == 1 else f"y/{spec.name}"
         if spec.name not in batch.y:
-            batch.y[spec.name] = np.zeros(_concrete(spec.shape, next(iter(sizes))), "float32")
+            batch.y[spec.name] = np.zeros(_concrete(spec.shape, next(iter(sizes.values()))), "float32")
             continue
         arr = batch.y[spec.name]
         _check_dtype(arr, key, file_name, "float32")
@@ -157,16 +160,18 @@ def _validate(batch: Batch, sig: Signature, file_name: str):
         if not _labels_fit(arr.shape, want, sparse):
             raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape} but output '{spec.name}' "
                             f"needs {_fmt_shape(want)}" + (" (integer class ids)" if sparse else ""))
-        sizes.add(arr.shape[0] if arr.ndim else None)
+        sizes[key] = arr.shape[0] if arr.ndim else None
     for out_name, arr in batch.sample_weight.items():
         key = "sample_weight" if len(sig.outputs) == 1 else f"sample_weight/{out_name}"
         _check_dtype(arr, key, file_name, "float32")
         if arr.ndim == 0 or arr.ndim > len(batch.y[out_name].shape):
             raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape}; give one weight per sample, "
                             f"shape ({batch.y[out_name].shape[0]},)")
-        sizes.add(arr.shape[0])
-    if len(sizes) != 1 or None in sizes:
-        raise UserError(f"--data {file_name}: arrays disagree on the batch size ({sorted(s for s in sizes if s is not None)})")
+        sizes[key] = arr.shape[0]
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        listed = ", ".join(f"'{k}' has {'no batch axis' if n is None else n}" for k, n in sizes.items())
+        raise UserError(f"--data {file_name}: arrays disagree on the batch size ({listed}); give every array "
+                        "the same first dimension")
 
 
 def _labels_fit(shape, want, sparse):

@@ -80,20 +80,26 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
-        parser.print_help(sys.stderr)
+        print("lossmap: no command given; run lossmap check MODEL or lossmap explain MODEL "
+              "(see lossmap --help)", file=sys.stderr)
         return EXIT_USAGE
     try:
         return _run(args)
     except UserError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and still the contract's exit code
+            import traceback
+
+            traceback.print_exc()
         print(f"lossmap: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # lossmap's own failure
         if args.debug:
-            raise
+            import traceback
+
+            traceback.print_exc()
+            return EXIT_INTERNAL
         print(f"lossmap: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(run with --debug for the traceback, and please report it)", file=sys.stderr)
         return EXIT_INTERNAL

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import sys
+import types
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -38,13 +39,18 @@ def archive_metadata(path: str) -> dict:
         raise UserError(f"{name} is a legacy HDF5 file, which needs the tf_keras engine; "
                         "it is not available in this version of lossmap: re-save it as .keras")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":  # a zip's first entry, but no central directory at the end
+                raise UserError(f"{name} is truncated or damaged (a zip file cut short); save the model "
+                                "again with model.save('model.keras')")
         raise UserError(f"{name} is not a .keras archive (not a zip file); save the model with "
                         "model.save('model.keras')")
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
             if "config.json" not in names:
-                raise UserError(f"{name} is a zip file but not a Keras archive (no config.json inside)")
+                raise UserError(f"{name} is a zip file but not a Keras archive (no config.json inside); "
+                                "save the model with model.save('model.keras')")
             bad = zf.testzip()
             if bad is not None:
                 raise UserError(f"{name} is damaged ({bad} fails its checksum); save the model again")
@@ -76,8 +82,14 @@ def _import_file(path):
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
     mod_name = "lossmap_user_" + os.path.splitext(os.path.basename(path))[0]
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
+    cached = sys.modules.get(mod_name)
+    if cached is not None:
+        if os.path.abspath(getattr(cached, "__file__", "") or "") == os.path.abspath(path):
+            return cached
+        # another file with the same name (dir_a/model.py, dir_b/model.py): a module of its own
+        mod_name += "_" + format(abs(hash(os.path.abspath(path))), "x")[:8]
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
     spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
@@ -109,11 +121,16 @@ def _call_factory(spec: str):
         raise UserError(f"could not import the factory module {left}: {type(exc).__name__}: {_first_line(exc)}") from exc
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        raise UserError(f"{left} has no function {fn_name}")
+        own = sorted(n for n, v in vars(module).items() if isinstance(v, types.FunctionType) and not n.startswith("_")
+                     and getattr(v, "__module__", None) == module.__name__)
+        listed = f"; it defines {', '.join(own)}" if own else ""
+        raise UserError(f"{left} has no function {fn_name}{listed}: name the function that builds "
+                        f"the model after the colon ({left}:FUNCTION)")
     try:
         return fn()
     except Exception as exc:
-        raise UserError(f"the factory {spec} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise UserError(f"the factory {spec} raised {type(exc).__name__}: {_first_line(exc)} "
+                        "(fix the factory; run with --debug for the traceback)") from exc
 
 
 def choose_engine(requested: str = "auto", metadata: Optional[dict] = None):
