@@ -60,6 +60,7 @@ class Term:
     shape: Optional[list] = None  # shape of the raw tensor before Keras reduced it
     keras_value: Optional[float] = None  # the same term as Keras's own objects compute it
     steps: list = field(default_factory=list)  # how the value was computed, for people
+    origin: Optional[dict] = None  # user code behind the term: {module, qualname, file, line, kind}
 
 
 @dataclass

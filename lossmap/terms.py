@@ -74,6 +74,7 @@ def compiled_term(c: CompiledCapture, capture: Capture) -> Term:
         shape=list(np.shape(raw)),
         keras_value=_as_value(c.keras_value) if np.ndim(c.keras_value) == 0 else float(np.mean(c.keras_value)),
         steps=steps,
+        origin=c.origin,
     )
 
 
@@ -128,6 +129,7 @@ def additional_term(a: AdditionalCapture, capture: Capture) -> Term:
         shape=list(np.shape(a.raw)),
         keras_value=a.keras_value,
         steps=steps,
+        origin=a.origin,
     )
 
 

@@ -73,6 +73,7 @@ class CompiledCapture:
     # For user-defined losses: returns (elementwise values, mask) by calling their code.
     call_user: Optional[Callable] = None
     overrides_call: bool = False  # the Loss overrides __call__: nothing to reproduce
+    origin: Optional[dict] = None  # where user code for this loss lives (see code_origin)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class AdditionalCapture:
     keras_value: float  # what Keras adds for it (after its own aggregation)
     call_user: Optional[Callable] = None  # for user regularizers: calls their code
     normalised_by_batch: bool = False  # activity loss divided by the batch size
+    origin: Optional[dict] = None  # add_loss: the owning layer's class; custom regularizer: its code
 
 
 @dataclass

@@ -286,6 +286,9 @@ class Keras3Engine(Engine):
             keras_value=keras_value,
             call_user=call_user,
             overrides_call=overrides_call,
+            # a plain function passed to compile() is wrapped: its code is the function itself
+            origin=None if fn is not None else code_origin(
+                loss_fn.fn if type(loss_fn).__name__ == "LossFunctionWrapper" else loss_fn),
         )
 
     def _capture_additional(self, model, probe, normalised):
@@ -314,6 +317,8 @@ class Keras3Engine(Engine):
                     call_user=(functools.partial(_call_regularizer, reg, info.get("source_tensor"))
                                if reg is not None and not _is_builtin_regularizer(reg) else None),
                     normalised_by_batch=kind == "activity_regularizer" and normalised,
+                    origin=(code_origin(layer) if kind == "add_loss"
+                            else code_origin(reg) if reg is not None and not _is_builtin_regularizer(reg) else None),
                 ))
         for variable in model.trainable_weights:
             reg = getattr(variable, "regularizer", None)
@@ -332,6 +337,7 @@ class Keras3Engine(Engine):
                 source_tensor=np.array(variable),
                 raw=np.array(raw),
                 keras_value=float(np.array(model._aggregate_additional_loss(ops.convert_to_tensor(raw)))),
+                origin=None if _is_builtin_regularizer(reg) else code_origin(reg),
                 call_user=(None if _is_builtin_regularizer(reg)
                            else functools.partial(_call_regularizer, reg, variable)),
             ))
@@ -633,6 +639,34 @@ def _elementwise_user_loss(keras, loss_fn, y_t, y_p, dtype):
     y_true = tree.map_structure(lambda x: ops.convert_to_tensor(x, dtype=dtype), y_t)
     values = loss_fn.call(y_true, y_pred)
     return np.array(values), _np(backend.get_keras_mask(values))
+
+
+def _code_of(obj):
+    """The class or function whose source defines `obj`'s behaviour."""
+    import inspect
+
+    return obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
+
+
+def code_origin(obj) -> Optional[dict]:
+    """Where the code of a class or function lives: file, first line, qualified name."""
+    import inspect
+
+    if obj is None:
+        return None
+    obj = _code_of(obj)
+    try:
+        path = inspect.getsourcefile(obj)
+        _, line = inspect.getsourcelines(obj)
+    except (TypeError, OSError):
+        path, line = None, None
+    return {
+        "module": getattr(obj, "__module__", None),
+        "qualname": getattr(obj, "__qualname__", getattr(obj, "__name__", None)),
+        "file": path,
+        "line": line,
+        "kind": "class" if inspect.isclass(obj) else "function",
+    }
 
 
 def _one_line(exc) -> str:
