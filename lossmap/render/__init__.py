@@ -35,3 +35,13 @@ def format_number(value, digits=6):
     if mag >= 1e5 or mag < 1e-4:
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}g}"
+
+
+def anchor_id(prefix: str, key: str) -> str:
+    """A stable, HTML-safe fragment id for a term, a layer or a source step.
+
+    Hostile names (quotes, angle brackets, spaces) cannot break out of an
+    attribute: everything outside [A-Za-z0-9_-] is hex-escaped.
+    """
+    safe = "".join(c if c.isalnum() and c.isascii() or c in "-_" else f".{ord(c):x}" for c in key)
+    return f"{prefix}-{safe}"
