@@ -32,7 +32,7 @@ class ModelInfo:
 
 @dataclass
 class BatchInfo:
-    source: str  # "file" | "synthetic"
+    source: str  # "file" | "synthetic" (CLI); "arrays" from the Python API
     size: int
     seed: Optional[int]
 

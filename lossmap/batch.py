@@ -197,3 +197,35 @@ def _check_dtype(arr, key, file_name, want):
 
 def _fmt_shape(shape):
     return "(" + ", ".join("batch" if i == 0 else ("any" if d is None else str(d)) for i, d in enumerate(shape)) + ")"
+
+
+def from_arrays(data, sig: Signature) -> Batch:
+    """A batch given in Python: `(x, y)` or `(x, y, sample_weight)`, each an array, a list or a dict."""
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        raise UserError("batch must be None, a path to an .npz, or a tuple (x, y) or (x, y, sample_weight)")
+    x, y, sw = (list(data) + [None])[:3]
+    batch = Batch(
+        x=_by_name(x, [s.name for s in sig.inputs], "x"),
+        y=_by_name(y, [s.name for s in sig.outputs], "y"),
+        sample_weight=_by_name(sw, [s.name for s in sig.outputs], "sample_weight") if sw is not None else {},
+        source="arrays",
+        seed=None,
+    )
+    batch.sample_weight = {k: v for k, v in batch.sample_weight.items() if v is not None}
+    _validate(batch, sig, "batch")
+    return batch
+
+
+def _by_name(value, names, what):
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise UserError(f"batch {what}: '{unknown[0]}' is not one of {', '.join(names)}")
+        return {k: np.asarray(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise UserError(f"batch {what}: {len(value)} arrays for {len(names)} ({', '.join(names)})")
+        return {n: np.asarray(v) for n, v in zip(names, value) if v is not None}
+    if len(names) != 1:
+        raise UserError(f"batch {what}: one array for {len(names)} ({', '.join(names)}); give a dict or a list")
+    return {names[0]: np.asarray(value)}

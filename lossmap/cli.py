@@ -23,12 +23,21 @@ class _Parser(argparse.ArgumentParser):
         return (parts[1] + " ") if len(parts) > 1 else ""
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The bundled examples (lossmap.examples.EXAMPLES), listed here so that argument
+# errors never import Keras; tests/test_report.py checks that the two agree.
+EXAMPLES = ("multitask",)
+
+MODEL_HELP = ("a .keras archive, or a factory path/to/file.py:function or package.module:function "
+              "returning a compiled model")
+
+
+def _common_options(model_optional: bool) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("model and data")
-    g.add_argument("model", metavar="MODEL",
-                   help="a .keras archive, or a factory path/to/file.py:function or package.module:function "
-                        "returning a compiled model")
+    if model_optional:
+        g.add_argument("model", metavar="MODEL", nargs="?", help=MODEL_HELP + " (or --example NAME)")
+    else:
+        g.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     g.add_argument("--data", metavar="BATCH.npz",
                    help="batch to evaluate: keys x, y, sample_weight (or x/<input>, y/<output>, "
                         "sample_weight/<output>); default: a synthetic batch")
@@ -46,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rtol", type=float, default=None, help="relative tolerance (default by dtype: float32 1e-5)")
     g.add_argument("--atol", type=float, default=None, help="absolute tolerance (default by dtype: float32 1e-7)")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(model_optional=False)
     parser = _Parser(
         prog="lossmap",
         description="Explain, term by term, the loss Keras trains your model on, and verify it "
@@ -63,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="lowest finding level that makes the exit code 1 (default error)")
     sub.add_parser("explain", parents=[common], help="the loss as an equation, a term table and findings",
                    description="Print the loss as an equation with this batch's numbers.")
+    report = sub.add_parser("report", parents=[_common_options(model_optional=True)],
+                            help="write the HTML explainer (one self-contained file)",
+                            description="Write one self-contained HTML file that explains the model's "
+                                        "training loss down to the Keras source lines that compute it.")
+    report.add_argument("-o", "--output", metavar="OUT.html",
+                        help="where to write the report (default: ./<model name>.lossmap.html)")
+    report.add_argument("--json", dest="json_out", metavar="OUT.json", help="also write the JSON document here")
+    report.add_argument("--example", choices=EXAMPLES, metavar="NAME",
+                        help=f"report on a bundled example model ({', '.join(EXAMPLES)})")
     return parser
 
 
@@ -79,6 +101,7 @@ def _positive_int(text):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.command:
         print("lossmap: no command given; run lossmap check MODEL or lossmap explain MODEL "
               "(see lossmap --help)", file=sys.stderr)
@@ -106,6 +129,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    if args.command == "report":
+        _resolve_report_model(args)
     _quiet_tensorflow()
     if args.data is not None and not os.path.exists(args.data):
         raise UserError(f"--data {args.data}: no such file")
@@ -116,6 +141,8 @@ def _run(args) -> int:
             args.model, args.data, batch_size=args.batch_size, seed=args.seed, imports=args.imports,
             unsafe=args.unsafe, engine=args.engine, rtol=args.rtol, atol=args.atol,
             gradients=not args.no_gradients, gradient_limit=args.gradient_limit)
+    if args.command == "report":
+        return _write_report(args, analysis)
     if args.command == "check" and args.format == "json":
         from lossmap.render.json_report import render
 
@@ -127,6 +154,53 @@ def _run(args) -> int:
     if args.command == "explain":
         return EXIT_OK
     return exit_code(analysis, args.fail_on)
+
+
+def _resolve_report_model(args):
+    if args.example and args.model:
+        raise UserError("give either MODEL or --example NAME, not both")
+    if args.example:
+        args.model = f"lossmap.examples:{args.example}"
+        args.default_stem = args.example
+    elif not args.model:
+        raise UserError("lossmap report needs MODEL (a .keras file or a factory) or --example NAME "
+                        f"({', '.join(EXAMPLES)})")
+    else:
+        base = os.path.basename(args.model.rstrip("/\\"))
+        args.default_stem = base.rsplit(":", 1)[-1] if ":" in base and not os.path.exists(args.model) \
+            else os.path.splitext(base)[0]
+    out = args.output or f"{args.default_stem}.lossmap.html"
+    for path in (out, args.json_out):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise UserError(f"cannot write {path}: the folder {folder} does not exist")
+    args.output = out
+
+
+def _write_report(args, analysis) -> int:
+    from lossmap.render.html import render as render_html
+    from lossmap.render.json_report import render as render_json
+
+    command = "lossmap " + " ".join(_quote(a) for a in (args.argv or []))
+    page = render_html(analysis, command=command)
+    try:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        if args.json_out:
+            with open(args.json_out, "w", encoding="utf-8") as fh:
+                fh.write(render_json(analysis))
+    except OSError as exc:
+        raise UserError(f"cannot write the report: {exc.strerror} ({exc.filename})") from exc
+    print(f"lossmap: wrote {args.output} ({len(page.encode('utf-8')) / 1024:.0f} KiB)"
+          + (f" and {args.json_out}" if args.json_out else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def _quote(arg):
+    import shlex
+
+    return shlex.quote(arg)
 
 
 def exit_code(analysis, fail_on="error") -> int:

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import os
+
 from lossmap import __version__
 from lossmap import batch as batch_module
 from lossmap import findings as findings_module
@@ -28,26 +30,37 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
     eng, m = loaded.engine, loaded.model
     info = eng.model_info(m, loaded.source, loaded.saved_with)
     state = eng.state(m)
+    clean = False  # True only right after a restore, with nothing run since: restoring again is a no-op
     try:
         sig = eng.signature(m)
-        batch = batch_module.from_file(data, sig) if data else batch_module.synthetic(sig, batch_size, seed)
+        if data is None:
+            batch = batch_module.synthetic(sig, batch_size, seed)
+        elif isinstance(data, (str, os.PathLike)):
+            batch = batch_module.from_file(os.fspath(data), sig)
+        else:
+            batch = batch_module.from_arrays(data, sig)
         eng.seed_random(seed if seed is not None else 0)
         capture = eng.capture(m, batch, sig)
         terms = _unique_ids(build_terms(capture))
         state.restore()
+        clean = True
         verification = None
         if info.compiled:
+            clean = False
             eng.seed_random(seed if seed is not None else 0)
             verification = eng.verify_train_step(m, batch, sig)
             state.restore()
+            clean = True
         attribution = None
         if gradients and terms:
+            clean = False
             eng.seed_random(seed if seed is not None else 0)
             limit = gradient_limit or gradients_module.DEFAULT_LIMIT
             acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit)
             attribution = gradients_module.summarise(acc, acc.finish(), eng.optimizer_name(m), limit, notes)
     finally:
-        state.restore()
+        if not clean:
+            state.restore()
     restored = state.identical()
     if not info.compiled and not terms:
         raise UserError(f"model '{m.name}' is not compiled and has no losses (no add_loss, no "

@@ -1,0 +1,284 @@
+"""The HTML report: one self-contained file (inline CSS and SVG, no requests of any kind).
+
+Reads only the `Analysis`; never calls Keras. Tables and text are rendered
+here, server-side, so the page reads with JavaScript off; the little script in
+the template only adds conveniences (expand/collapse all).
+"""
+from __future__ import annotations
+
+import functools
+import html
+import json
+import platform
+import sys
+
+from lossmap.render import anchor_id, environment, format_number
+from lossmap.render.text import KIND_LABEL, describe, render_equation, verdict
+
+KIND_ORDER = ["compiled", "add_loss", "activity_regularizer", "weight_regularizer", "custom"]
+GROUP_OPEN_LIMIT = 12  # a kind with more terms than this starts collapsed
+
+
+def render(analysis, command: str | None = None) -> str:
+    env = environment(autoescape=True)
+    env.globals["anchor"] = anchor_id
+    env.globals["json_script"] = json_script
+    template = env.get_template("report.html.j2")
+    return template.render(**context(analysis, command))
+
+
+def context(analysis, command=None) -> dict:
+    terms = analysis.terms
+    scale = sum(abs(t.contribution) for t in terms) or 1.0
+    rows = []
+    for t in terms:
+        rows.append({
+            "t": t,
+            "anchor": anchor_id("term", t.id),
+            "kind_label": KIND_LABEL.get(t.kind, t.kind),
+            "what": describe(t),
+            "value": format_number(t.value),
+            "weight": format_number(t.weight),
+            "contribution": format_number(t.contribution),
+            "share": abs(t.contribution) / scale,
+            "share_text": f"{100.0 * abs(t.contribution) / scale:.1f}%",
+            "config": _config_text(t.config),
+            "call_sites": analysis.call_sites.get(t.id, []) if getattr(analysis, "call_sites", None) else [],
+            "findings": [f for f in analysis.findings if f.term == t.id],
+            "gradient": (analysis.gradients or {}).get("terms", {}).get(t.id) if analysis.gradients else None,
+        })
+    groups = []
+    for kind in KIND_ORDER:
+        members = [r for r in rows if r["t"].kind == kind]
+        if not members:
+            continue
+        subtotal = sum(r["t"].contribution for r in members)
+        groups.append({
+            "kind": kind,
+            "label": _kind_heading(kind, len(members)),
+            "rows": members,
+            "count": len(members),
+            "subtotal": format_number(subtotal),
+            "share_text": f"{100.0 * sum(abs(r['t'].contribution) for r in members) / scale:.1f}%",
+            "open": len(members) <= GROUP_OPEN_LIMIT,
+            "by_layer": _by_layer(members) if len(members) > GROUP_OPEN_LIMIT else None,
+            "anchor": anchor_id("group", kind),
+        })
+    return {
+        "a": analysis,
+        "rows": rows,
+        "groups": groups,
+        "equation": _equation(analysis, rows),
+        "equation_text": render_equation(analysis),
+        "verdict": verdict(analysis),
+        "verdict_class": "ok" if analysis.total.verified else "bad",
+        "graph": _svg(analysis, "loss_graph"),
+        "gradient_bars": _svg(analysis, "gradient_share_bars") if analysis.gradients else None,
+        "layer_heatmap": _svg(analysis, "layer_heatmap") if analysis.gradients else None,
+        "cosine_heatmap": _svg(analysis, "cosine_heatmap") if analysis.gradients else None,
+        "svg_css": _svg_css(),
+        "code_css": code_css(),
+        "walkthrough": [_step_view(s) for s in getattr(analysis, "walkthrough", []) or []],
+        "call_sites": _call_site_views(analysis),
+        "findings": _finding_views(analysis),
+        "json_doc": analysis.to_dict(),
+        "env": _environment(analysis, command),
+        "num": format_number,
+    }
+
+
+# ---------------------------------------------------------------- pieces
+def _equation(analysis, rows):
+    parts = []
+    for r in rows:
+        t = r["t"]
+        parts.append({
+            "anchor": r["anchor"],
+            "weight": None if t.weight == 1.0 else format_number(t.weight),
+            "value": format_number(t.value),
+            "label": describe(t),
+            "share_text": r["share_text"],
+            "kind": t.kind,
+        })
+    return {"total": format_number(analysis.total.reproduced), "parts": parts}
+
+
+def _kind_heading(kind, n):
+    names = {
+        "compiled": ("compiled loss", "compiled losses"),
+        "add_loss": ("add_loss term", "add_loss terms"),
+        "activity_regularizer": ("activity regularizer", "activity regularizers"),
+        "weight_regularizer": ("weight regularizer", "weight regularizers"),
+        "custom": ("custom term", "custom terms"),
+    }[kind]
+    return f"{n} {names[0] if n == 1 else names[1]}"
+
+
+def _by_layer(rows):
+    """Subtotals per top-level block (first path component) for big groups."""
+    blocks = {}
+    for r in rows:
+        t = r["t"]
+        key = (t.layer or t.variable or t.id).split("/")[0]
+        b = blocks.setdefault(key, {"block": key, "count": 0, "subtotal": 0.0})
+        b["count"] += 1
+        b["subtotal"] += t.contribution
+    out = list(blocks.values())
+    for b in out:
+        b["subtotal"] = format_number(b["subtotal"])
+    return out
+
+
+def _config_text(config):
+    if not config:
+        return ""
+    items = []
+    for k, v in config.items():
+        if k in ("name", "fn"):
+            continue
+        items.append(f"{k}={format_number(v) if isinstance(v, float) else v}")
+    return ", ".join(items)
+
+
+def _svg(analysis, name):
+    try:
+        from lossmap.render import svg
+    except ImportError:
+        return None
+    fn = getattr(svg, name, None)
+    if fn is None:
+        return None
+    out = fn(analysis)
+    return getattr(out, "svg", out)
+
+
+def _svg_css():
+    try:
+        from lossmap.render import svg
+    except ImportError:
+        return ""
+    return getattr(svg, "SVG_CSS", "")
+
+
+@functools.lru_cache(maxsize=1)
+def code_css() -> str:
+    from pygments.formatters import HtmlFormatter
+
+    light = HtmlFormatter(style="friendly").get_style_defs(".code")
+    dark = HtmlFormatter(style="github-dark").get_style_defs(".code")
+    return f"{light}\n@media (prefers-color-scheme: dark) {{\n{dark}\n}}"
+
+
+def highlight_lines(lines):
+    """Pygments-highlighted HTML for each source line (tokens spanning lines are closed per line)."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    text = "\n".join(line.text if hasattr(line, "text") else line["text"] for line in lines)
+    out = highlight(text, PythonLexer(stripnl=False, ensurenl=False), HtmlFormatter(nowrap=True))
+    rendered = out.split("\n")
+    rendered += [""] * (len(lines) - len(rendered))
+    return rendered[: len(lines)]
+
+
+def _get(obj, name, default=None):
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+
+def _code_view(lines):
+    lines = list(lines or [])
+    htmls = highlight_lines(lines) if lines else []
+    out = []
+    for line, code in zip(lines, htmls):
+        out.append({
+            "number": _get(line, "number"),
+            "html": code,
+            "highlight": bool(_get(line, "highlight")),
+            "note": _get(line, "note"),
+        })
+    return out
+
+
+def _step_view(step):
+    return {
+        "key": _get(step, "key"),
+        "anchor": anchor_id("step", _get(step, "key") or ""),
+        "title": _get(step, "title"),
+        "explanation": _get(step, "explanation"),
+        "path": _get(step, "display_path") or _get(step, "file"),
+        "qualname": _get(step, "qualname"),
+        "start": _get(step, "start_line"),
+        "end": _get(step, "end_line"),
+        "found": _get(step, "found", True),
+        "missing": _get(step, "missing"),
+        "lines": _code_view(_get(step, "lines")) if _get(step, "found", True) else [],
+    }
+
+
+def _call_site_views(analysis):
+    sites = getattr(analysis, "call_sites", None) or {}
+    out = []
+    for t in analysis.terms:
+        for i, site in enumerate(sites.get(t.id, [])):
+            out.append({
+                "term": t.id,
+                "term_anchor": anchor_id("term", t.id),
+                "anchor": anchor_id("site", f"{t.id}-{i}"),
+                "path": _get(site, "display_path") or _get(site, "file"),
+                "qualname": _get(site, "qualname"),
+                "start": _get(site, "start_line"),
+                "found": _get(site, "found", True),
+                "missing": _get(site, "missing"),
+                "lines": _code_view(_get(site, "lines")) if _get(site, "found", True) else [],
+            })
+    return out
+
+
+FINDING_STEPS = {
+    "ADD_LOSS_NON_SCALAR": "aggregate_additional_loss",
+    "PER_OUTPUT_LOGS_UNWEIGHTED": "compiled_loss",
+    "ZERO_LOSS_WEIGHT": "compiled_loss",
+    "CROSSENTROPY_FROM_LOGITS": "get_logits",
+    "FROM_LOGITS_ON_PROBABILITIES": "get_logits",
+    "REDUCTION_NONE": "reduce_values",
+    "REGULARIZER_ON_FROZEN_WEIGHT": "regularization_losses",
+    "CUSTOM_COMPUTE_LOSS": "compute_loss",
+    "CUSTOM_TRAIN_STEP": "train_step",
+    "TOTAL_MISMATCH": "compute_loss",
+}
+
+
+def _finding_views(analysis):
+    steps = {_get(s, "key") for s in getattr(analysis, "walkthrough", []) or [] if _get(s, "found", True)}
+    term_ids = {t.id for t in analysis.terms}
+    out = []
+    for f in analysis.findings:
+        step = FINDING_STEPS.get(f.code)
+        out.append({
+            "f": f,
+            "term_anchor": anchor_id("term", f.term) if f.term in term_ids else None,
+            "step_anchor": anchor_id("step", step) if step in steps else None,
+        })
+    order = {"error": 0, "warning": 1, "info": 2}
+    out.sort(key=lambda v: order.get(v["f"].level, 3))
+    return out
+
+
+def _environment(analysis, command):
+    import lossmap
+
+    m = analysis.model
+    versions = [("lossmap", lossmap.__version__), ("keras", m.keras_version), ("backend", m.backend),
+                ("python", platform.python_version()), ("platform", platform.platform(terse=True))]
+    tf_version = sys.modules.get("tensorflow")
+    if tf_version is not None:
+        versions.insert(3, ("tensorflow", getattr(tf_version, "__version__", "?")))
+    return {"versions": versions, "command": command or f"lossmap report {m.source}",
+            "saved_with": m.saved_with}
+
+
+def json_script(doc) -> str:
+    """JSON safe inside <script type="application/json">: no '</' or '<!--' can end the element."""
+    text = json.dumps(doc, indent=1, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
