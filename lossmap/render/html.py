@@ -274,7 +274,9 @@ def _environment(analysis, command):
     tf_version = sys.modules.get("tensorflow")
     if tf_version is not None:
         versions.insert(3, ("tensorflow", getattr(tf_version, "__version__", "?")))
-    return {"versions": versions, "command": command or f"lossmap report {m.source}",
+    default = ("lossmap.explain(model)  # in Python" if m.source.startswith("<live")
+               else f"lossmap report {m.source}")
+    return {"versions": versions, "command": command or default,
             "saved_with": m.saved_with}
 
 
