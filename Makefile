@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make report   build the environment and explain the bundled example model
+#   make report   build the environment and write the HTML report of the bundled example model
 #   make test     build the environment and run the tests
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 report: $(STAMP)
 	$(BIN)/lossmap explain lossmap.examples:multitask
+	$(BIN)/lossmap report --example multitask -o multitask.lossmap.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
