@@ -29,6 +29,9 @@ def render(analysis, command: str | None = None) -> str:
 
 def context(analysis, command=None) -> dict:
     terms = analysis.terms
+    graph = _graph(analysis)
+    graph_groups = list(getattr(graph, "groups", None) or [])
+    group_of = {tid: grp for grp in graph_groups for tid in grp["term_ids"]}
     scale = sum(abs(t.contribution) for t in terms) or 1.0
     rows = []
     for t in terms:
@@ -53,10 +56,20 @@ def context(analysis, command=None) -> dict:
         if not members:
             continue
         subtotal = sum(r["t"].contribution for r in members)
+        subgroups, loose = [], []
+        for grp in graph_groups:
+            rows_in = [r for r in members if group_of.get(r["t"].id) is grp]
+            if rows_in:
+                subgroups.append({"label": grp["label"], "anchor": grp["anchor"], "count": len(rows_in),
+                                  "subtotal": format_number(sum(r["t"].contribution for r in rows_in)),
+                                  "rows": rows_in})
+        loose = [r for r in members if r["t"].id not in group_of]
         groups.append({
             "kind": kind,
             "label": _kind_heading(kind, len(members)),
             "rows": members,
+            "subgroups": subgroups,
+            "loose_rows": loose,
             "count": len(members),
             "subtotal": format_number(subtotal),
             "share_text": f"{100.0 * sum(abs(r['t'].contribution) for r in members) / scale:.1f}%",
@@ -72,7 +85,8 @@ def context(analysis, command=None) -> dict:
         "equation_text": render_equation(analysis),
         "verdict": verdict(analysis),
         "verdict_class": "ok" if analysis.total.verified else "bad",
-        "graph": _svg(analysis, "loss_graph"),
+        "graph": getattr(graph, "svg", graph),
+        "layers": _layer_index(analysis),
         "gradient_bars": _svg(analysis, "gradient_share_bars") if analysis.gradients else None,
         "layer_heatmap": _svg(analysis, "layer_heatmap") if analysis.gradients else None,
         "cosine_heatmap": _svg(analysis, "cosine_heatmap") if analysis.gradients else None,
@@ -101,6 +115,30 @@ def _equation(analysis, rows):
             "kind": t.kind,
         })
     return {"total": format_number(analysis.total.reproduced), "parts": parts}
+
+
+def _layer_index(analysis):
+    """Every layer or output the page links to: what it owns, what scores it, what pushes it."""
+    entries = {}
+
+    def entry(name):
+        return entries.setdefault(name, {"name": name, "anchor": anchor_id("layer", name),
+                                         "owns": [], "scored_by": [], "pushed_by": []})
+
+    for t in analysis.terms:
+        if t.kind == "compiled" and t.output:
+            entry(t.output)["scored_by"].append((t.id, anchor_id("term", t.id)))
+        elif t.layer:
+            entry(t.layer)["owns"].append((t.id, anchor_id("term", t.id)))
+    g = analysis.gradients or {}
+    for unit in g.get("units", []):
+        per_layer = g["terms"].get(unit["terms"][0], {}).get("per_layer", {}) if unit["terms"] else {}
+        for layer, norm in per_layer.items():
+            entry(layer)["pushed_by"].append((unit["label"], norm))
+    for e in entries.values():
+        e["pushed_by"].sort(key=lambda kv: -kv[1])
+        e["pushed_by"] = [(label, format_number(norm, 4)) for label, norm in e["pushed_by"][:6]]
+    return list(entries.values())
 
 
 def _kind_heading(kind, n):
@@ -138,6 +176,12 @@ def _config_text(config):
             continue
         items.append(f"{k}={format_number(v) if isinstance(v, float) else v}")
     return ", ".join(items)
+
+
+def _graph(analysis):
+    from lossmap.render import svg
+
+    return svg.loss_graph(analysis)
 
 
 def _svg(analysis, name):
