@@ -144,7 +144,7 @@ def summarise(acc: Accumulator, finish: dict, optimizer: Optional[str], limit: i
     units = acc.units
     by_id = {u.id: u for u in units}
     terms = {}
-    largest_norm = max((math.sqrt(u.sq_norm) for u in units), default=0.0)
+    total_var_sq = {v: float(np.vdot(g, g)) for v, g in acc.total.items() if g is not None}
     for u in units:
         entry = {
             "unit": u.id,
@@ -154,8 +154,7 @@ def summarise(acc: Accumulator, finish: dict, optimizer: Optional[str], limit: i
             "norm_share": (math.sqrt(u.sq_norm) / total_norm) if total_norm > 0 else 0.0,
             "per_layer": {k: math.sqrt(v) for k, v in u.per_layer_sq.items()},
             "reach": {"layers": sorted(u.per_layer_sq), "variables": sorted(u.per_var)},
-            # Zero, or below float32 resolution of the largest gradient: it cannot change an update.
-            "dead": u.sq_norm == 0.0 or math.sqrt(u.sq_norm) < FLOAT32_EPS * largest_norm,
+            "dead": _dead(u, total_var_sq),
         }
         for tid in u.term_ids:
             terms[tid] = entry
@@ -206,6 +205,15 @@ def summarise(acc: Accumulator, finish: dict, optimizer: Optional[str], limit: i
         "cosine": {"units": cos_ids if matrix is not None else None, "matrix": matrix},
         "notes": notes,
     }
+
+
+def _dead(unit: Unit, total_var_sq: dict) -> bool:
+    """No gradient at all, or on every variable it reaches below float32 resolution of the
+    summed gradient there: adding it cannot change a single float32 update."""
+    if unit.sq_norm == 0.0:
+        return True
+    return all(math.sqrt(sq) <= FLOAT32_EPS * math.sqrt(total_var_sq.get(v, 0.0))
+               for v, (sq, _, _, _) in unit.per_var.items())
 
 
 def _imbalance(ua: Unit, ub: Unit, common):

@@ -149,3 +149,36 @@ def test_grouping_keeps_per_layer_breakdown():
 
 def test_no_gradients_option(two_heads):
     assert lossmap.analyse(two_heads, gradients=False).gradients is None
+
+
+def test_small_but_acting_regularizer_is_not_dead():
+    """A weak L2 beside a much larger data gradient still changes its kernel's float32 update;
+    one below float32 resolution of that gradient cannot, and is dead."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((3,))
+    out = layers.Dense(1, name="big", kernel_regularizer=regularizers.L2(1e-4))(inputs)
+    model = keras.Model(inputs, out)
+    model.compile("sgd", "mse")
+    x = np.full((4, 3), 1.0, "float32")
+    y = np.full((4, 1), -3.0, "float32")
+    result = lossmap.analyse(model, (x, y))
+    entry = result.gradients["terms"]["regularizer/big/kernel"]
+    data = next(e for tid, e in result.gradients["terms"].items() if tid.startswith("compiled/"))
+    assert entry["norm"] < 1e-3 * data["norm"] and not entry["dead"]
+    assert not any(f.code == "DEAD_TERM" for f in result.findings)
+
+    model.get_layer("big").kernel.regularizer = regularizers.L2(1e-14)
+    result = lossmap.analyse(model, (x, y))
+    assert result.gradients["terms"]["regularizer/big/kernel"]["dead"]
+
+
+def test_constant_by_construction_is_dead():
+    """L1 of a softmax is 1 per sample whatever the weights: its gradient is only rounding noise."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((4,))
+    probs = layers.Dense(3, activation="softmax", activity_regularizer=regularizers.L1(0.1), name="p")(inputs)
+    model = keras.Model(inputs, probs)
+    model.compile("adam", "categorical_crossentropy")
+    result = lossmap.analyse(model)
+    assert result.gradients["terms"]["activity/p"]["dead"]
+    assert [f.term for f in result.findings if f.code == "DEAD_TERM"] == ["activity/p"]
