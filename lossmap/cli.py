@@ -25,10 +25,10 @@ class _Parser(argparse.ArgumentParser):
 
 # The bundled examples (lossmap.examples.EXAMPLES), listed here so that argument
 # errors never import Keras; tests/test_report.py checks that the two agree.
-EXAMPLES = ("multitask",)
+EXAMPLES = ("multitask", "dense_variational")
 
-MODEL_HELP = ("a .keras archive, or a factory path/to/file.py:function or package.module:function "
-              "returning a compiled model")
+MODEL_HELP = ("a .keras archive (or a tf_keras .h5 file), or a factory path/to/file.py:function or "
+              "package.module:function returning a compiled model")
 
 
 def _common_options(model_optional: bool) -> argparse.ArgumentParser:
@@ -48,7 +48,10 @@ def _common_options(model_optional: bool) -> argparse.ArgumentParser:
                    help="import MODULE (or file.py) first so its custom objects register; repeatable")
     g.add_argument("--unsafe", action="store_true",
                    help="allow deserializing code such as Lambda layers (Keras safe mode off)")
-    g.add_argument("--engine", choices=("auto", "keras3", "tf_keras"), default="auto")
+    g.add_argument("--engine", choices=("auto", "keras3", "tf_keras"), default="auto",
+                   help="the Keras that explains the model (default auto: the model's own class, the file's "
+                        "keras_version, .h5 means tf_keras, else TF_USE_LEGACY_KERAS=1); tf_keras needs "
+                        "pip install tf_keras")
     g.add_argument("--no-gradients", action="store_true", help="skip per-term gradient attribution")
     g.add_argument("--gradient-limit", type=_positive_int, default=None, metavar="N",
                    help="trunk-sharing terms that get a backward pass each before terms are grouped (default 8)")
@@ -85,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", dest="json_out", metavar="OUT.json", help="also write the JSON document here")
     report.add_argument("--example", choices=EXAMPLES, metavar="NAME",
                         help=f"report on a bundled example model ({', '.join(EXAMPLES)})")
+    report.add_argument("--compare-engines", action="store_true",
+                        help="run the model in both tf_keras and Keras 3 and add a side-by-side table (MODEL: a "
+                             "factory taking the Keras module, def build(keras), or a tf_keras .keras/.h5 file)")
     return parser
 
 
@@ -136,11 +142,15 @@ def _run(args) -> int:
         raise UserError(f"--data {args.data}: no such file")
     from lossmap.pipeline import analyse
 
+    run = analyse
+    if getattr(args, "compare_engines", False):
+        from lossmap.compare import analyse_both as run
     with _stdout_to_stderr():
-        analysis = analyse(
+        analysis = run(
             args.model, args.data, batch_size=args.batch_size, seed=args.seed, imports=args.imports,
             unsafe=args.unsafe, engine=args.engine, rtol=args.rtol, atol=args.atol,
-            gradients=not args.no_gradients, gradient_limit=args.gradient_limit)
+            gradients=not args.no_gradients, gradient_limit=args.gradient_limit,
+            sources=args.command == "report")
     if args.command == "report":
         return _write_report(args, analysis)
     if args.command == "check" and args.format == "json":

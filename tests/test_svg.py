@@ -1,4 +1,5 @@
 """The report's SVG pictures, from hand-built Analysis objects (no TensorFlow: fast)."""
+from types import SimpleNamespace
 import math
 import os
 import re
@@ -109,6 +110,9 @@ def all_svgs(a):
 def test_every_term_is_a_link_target_and_sums_link_to_steps():
     terms = small_terms()
     a = analysis(terms)
+    assert not any(h.startswith("#step-") for h in hrefs(parse(svg.loss_graph(a).svg)))  # no steps shown
+    a.walkthrough = [SimpleNamespace(key=k, found=True)
+                     for k in ("compute_loss", "compiled_loss", "aggregate_additional_loss")]
     g = svg.loss_graph(a)
     assert isinstance(g, svg.Graph) and g.groups == [] and str(g) == g.svg == g.__html__()
     root = parse(g.svg)
@@ -139,7 +143,11 @@ def test_only_compiled_only_additional_and_no_terms():
     compiled = [term("compiled/a", "compiled", 1.0, output="a", fn="mse")]
     extra = [term("add_loss/l/0", "add_loss", 1.0, layer="l")]
     for terms in (compiled, extra, []):
-        root = parse(svg.loss_graph(analysis(terms)).svg)
+        a = analysis(terms)
+        # the walkthrough shows a step only when the model uses it
+        a.walkthrough = [SimpleNamespace(key="compute_loss", found=True)] + (
+            [SimpleNamespace(key="compiled_loss", found=True)] if any(t.kind == "compiled" for t in terms) else [])
+        root = parse(svg.loss_graph(a).svg)
         links = hrefs(root)
         assert "#" + anchor_id("step", "compute_loss") in links
         assert ("#" + anchor_id("step", "compiled_loss") in links) == bool(terms and terms[0].kind == "compiled")

@@ -569,6 +569,13 @@ def loss_graph(analysis, *, group_threshold: int = GROUP_THRESHOLD) -> Graph:
 
     # ---- node boxes
     total = analysis.total
+    shown_steps = {getattr(st, "key", None) for st in (getattr(analysis, "walkthrough", None) or [])
+                   if getattr(st, "found", False)}
+
+    def step_link(key):
+        """Link a sum to its walkthrough step only when the report shows that step."""
+        return "#" + anchor_id("step", key) if key in shown_steps else None
+
     verified = bool(getattr(total, "verified", False))
     c_sum = math.fsum(t.contribution for t in compiled)
     a_sum = math.fsum(t.contribution for t in additional)
@@ -577,11 +584,11 @@ def loss_graph(analysis, *, group_threshold: int = GROUP_THRESHOLD) -> Graph:
     c_node = _Node("sum compiled-sum", "Σ compiled", f"= {_num(c_sum)} · {_pct(c_share)}",
                    f"compiled loss: the sum of the {len(compiled)} weighted compiled loss"
                    f"{'es' if len(compiled) != 1 else ''} = {_num(c_sum)}",
-                   "#" + anchor_id("step", "compiled_loss"))
+                   step_link("compiled_loss"))
     a_node = _Node("sum additional-sum", "Σ additional", f"= {_num(a_sum)} · {_pct(a_share)}",
                    f"additional losses (model.losses): the sum of {len(additional)} term"
                    f"{'s' if len(additional) != 1 else ''} = {_num(a_sum)}",
-                   "#" + anchor_id("step", "aggregate_additional_loss"))
+                   step_link("aggregate_additional_loss"))
     checks = [f"Keras compute_loss {_num(total.compute_loss)}" if total.compute_loss is not None else None,
               f"train_step {_num(total.train_step)}" if total.train_step is not None else None]
     checks = [c for c in checks if c]
@@ -590,7 +597,7 @@ def loss_graph(analysis, *, group_threshold: int = GROUP_THRESHOLD) -> Graph:
                + ("; verified" if verified else "; not verified"))
     t_node = _Node(f"total {'verified' if verified else 'unverified'}", "total loss",
                    f"= {_num(total.reproduced)}" + (" ✓" if verified else ""), t_title,
-                   "#" + anchor_id("step", "compute_loss"))
+                   step_link("compute_loss"))
 
     # ---- column widths
     w0 = max([_node_width(r.source, 80) for r in crows + arows] + [80])
