@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]' -c constraints.txt
+	# The tf_keras engine: tf_keras requires the `tensorflow` distribution, which would put a second
+	# TensorFlow over tensorflow-cpu; tensorflow-cpu provides the module, so no dependencies here.
+	$(BIN)/pip install --quiet --no-deps tf_keras -c constraints.txt
+	$(BIN)/pip install --quiet tensorflow-probability -c constraints.txt
 	touch $(STAMP)
 
 report: $(STAMP)

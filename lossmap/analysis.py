@@ -28,6 +28,7 @@ class ModelInfo:
     compiled: bool
     custom_train_step: bool
     custom_compute_loss: bool
+    engine_reason: Optional[str] = None  # why this engine (additive to the contract's fields)
 
 
 @dataclass
@@ -94,6 +95,12 @@ class Analysis:
     findings: list
     gradients: Optional[dict] = None
     state_restored: Optional[bool] = None
+    # For the HTML report (lossmap.sources), not part of the JSON contract (to_dict leaves them out):
+    walkthrough: list = field(default_factory=list)  # [sources.Step], the library code behind the total
+    call_sites: dict = field(default_factory=dict)  # term id -> [sources.CallSite], the user code behind it
+    # tf_keras vs Keras 3 (lossmap.engine_diff, lossmap.compare), plain data: {"differences": [...],
+    # "rows": [...] | None, ...}; in the JSON as "engine_comparison" only when present.
+    engine_comparison: Optional[dict] = None
 
     def term(self, term_id: str) -> Term:
         for t in self.terms:
@@ -112,6 +119,8 @@ class Analysis:
             "findings": [dataclasses.asdict(f) for f in self.findings],
             "gradients": self.gradients,
         }
+        if self.engine_comparison is not None:
+            doc["engine_comparison"] = self.engine_comparison
         return _strict(doc)
 
     def to_json(self, indent: Optional[int] = 2) -> str:

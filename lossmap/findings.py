@@ -41,10 +41,17 @@ def collect(analysis, capture, frozen_regularized=(), verification_notes=(), com
             n = 1
             for d in t.shape:
                 n *= d
-            add("ADD_LOSS_NON_SCALAR", "warning", t.id,
-                f"{t.id} passed a tensor of shape {t.shape} to add_loss; Keras sums all {n} entries "
-                "(Trainer._aggregate_additional_loss), so its strength grows with the batch size; "
-                "reduce it to a scalar (e.g. ops.mean) if that is not intended")
+            if info.engine == "tf_keras":
+                add("ADD_LOSS_NON_SCALAR", "warning", t.id,
+                    f"{t.id} passed a tensor of shape {t.shape} to add_loss; tf_keras does not reduce it: "
+                    "LossesContainer.__call__ adds model.losses with tf.add_n, which only adds tensors of "
+                    "one shape (see ENGINE_DIFF_ADD_LOSS_NON_SCALAR); reduce it to a scalar "
+                    "(e.g. tf.reduce_mean)")
+            else:
+                add("ADD_LOSS_NON_SCALAR", "warning", t.id,
+                    f"{t.id} passed a tensor of shape {t.shape} to add_loss; Keras sums all {n} entries "
+                    "(Trainer._aggregate_additional_loss), so its strength grows with the batch size; "
+                    "reduce it to a scalar (e.g. ops.mean) if that is not intended")
         if t.kind == "compiled" and t.weight == 0.0:
             add("ZERO_LOSS_WEIGHT", "warning", t.id,
                 f"{t.id} has loss weight 0: it is computed and logged but adds nothing to the gradient")
@@ -79,9 +86,10 @@ def collect(analysis, capture, frozen_regularized=(), verification_notes=(), com
             reasons.append("loss weights are applied after logging")
         if extra:
             reasons.append("regularization and add_loss terms are not in any of them")
+        where = "LossesContainer.__call__" if info.engine == "tf_keras" else "CompileLoss.call"
         add("PER_OUTPUT_LOGS_UNWEIGHTED", "info", None,
             "the logged 'loss' is not the sum of the '<output>_loss' logs: those are unweighted "
-            f"(CompileLoss.call), and {' and '.join(reasons)}")
+            f"({where}), and {' and '.join(reasons)}")
 
     for path in frozen_regularized:
         add("REGULARIZER_ON_FROZEN_WEIGHT", "info", f"regularizer/{path}",

@@ -25,7 +25,8 @@ import numpy as np
 DEFAULT_LIMIT = 8  # trunk-sharing terms that get a backward pass each
 CONFLICT_COSINE = -0.5  # below this a pair is reported as strongly conflicting
 SMALL_RATIO = 1e-3
-FLOAT32_EPS = float(np.finfo(np.float32).eps)  # a term whose gradient is under this fraction of the largest one it shares weights with
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+ROUNDING_ULPS = 16  # float32 ulps of |total| + sum |parts| below which a remainder is rounding  # a term whose gradient is under this fraction of the largest one it shares weights with
 
 
 @dataclass
@@ -72,6 +73,22 @@ def plan_units(shared_terms, limit: int, notes: list):
         yield Unit(uid, label, kind, [shared_terms[i].id for i in members], True), members
 
 
+def derivable_unit(plan, shared_terms, total_gradient, paths):
+    """The unit whose gradient can be taken as the total minus the others, or None.
+
+    Only with the real step's gradient for every variable, at least two trunk-sharing
+    units, and a compiled term to derive: the largest one by |contribution| (the
+    least likely to be dead, where subtraction noise would matter).
+    """
+    if not total_gradient or len(plan) < 2 or any(p not in total_gradient for p in paths):
+        return None
+    by_id = {t.id: t for t in shared_terms}
+    candidates = [unit for unit, _ in plan if not unit.grouped and unit.kind == "compiled"]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda u: abs(by_id[u.term_ids[0]].contribution))
+
+
 def layer_of(variable_path: str) -> str:
     return variable_path.rsplit("/", 1)[0] if "/" in variable_path else variable_path
 
@@ -96,6 +113,27 @@ class Accumulator:
         self.kept[unit.id] = grads
         self.units.append(unit)
         self._add_to_total(grads)
+
+    def remainder(self, total_gradient: dict, local_grads: dict) -> dict:
+        """total - (every kept unit) - (the local units' gradients), by variable."""
+        out = {}
+        for v in self.variables:
+            g = total_gradient.get(v)
+            if g is None:
+                continue
+            rest = np.array(g, np.float32, copy=True)
+            magnitude = np.abs(rest)
+            parts = [grads[v] for grads in self.kept.values() if v in grads]
+            if local_grads.get(v) is not None:
+                parts.append(local_grads[v])
+            for part in parts:
+                rest -= part
+                magnitude += np.abs(part)
+            # What is left of an exact cancellation is float32 rounding of the parts: zero,
+            # so the derived term does not seem to reach weights it does not touch.
+            rest[np.abs(rest) <= ROUNDING_ULPS * FLOAT32_EPS * magnitude] = 0.0
+            out[v] = rest
+        return out
 
     def add_local(self, unit: Unit, var: str, grad):
         """A unit that reaches only `var` (a weight regularizer): folded in and dropped."""

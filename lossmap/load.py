@@ -1,7 +1,13 @@
 """Stage 1: turn what the user named into a live model and the engine that explains it.
 
-MODEL is a `.keras` archive, a factory `path/to/file.py:function` or
-`package.module:function`, or (from Python) a live model object.
+MODEL is a `.keras` archive, a legacy `.h5` file (tf_keras), a factory
+`path/to/file.py:function` or `package.module:function`, or (from Python) a
+live model object.
+
+The engine (`choose_engine`): `--engine keras3|tf_keras` when given; otherwise
+the model object's class (a live model or what a factory returned), or the
+file's metadata (`keras_version` 2.x in a `.keras` archive or an `.h5` file
+means tf_keras), or, when the file does not say, `TF_USE_LEGACY_KERAS=1`.
 """
 from __future__ import annotations
 
@@ -18,6 +24,10 @@ from typing import Any, Optional
 from lossmap.errors import UserError
 
 
+ENGINES = ("auto", "keras3", "tf_keras")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 @dataclass
 class Loaded:
     model: Any
@@ -25,6 +35,7 @@ class Loaded:
     source: str
     saved_with: Optional[str]
     owned: bool  # lossmap created this model object (archive or factory)
+    engine_reason: Optional[str] = None  # why this engine explains the model, in words
 
 
 def archive_metadata(path: str) -> dict:
@@ -36,8 +47,7 @@ def archive_metadata(path: str) -> dict:
         raise UserError(f"{path} is a directory (a SavedModel?); lossmap reads .keras archives: "
                         "save with model.save('model.keras')")
     if path.endswith((".h5", ".hdf5")):
-        raise UserError(f"{name} is a legacy HDF5 file, which needs the tf_keras engine; "
-                        "it is not available in this version of lossmap: re-save it as .keras")
+        return h5_metadata(path)
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as fh:
             if fh.read(4) == b"PK\x03\x04":  # a zip's first entry, but no central directory at the end
@@ -111,7 +121,19 @@ def is_factory_spec(spec: str) -> bool:
     return left.endswith(".py") or all(part.isidentifier() for part in left.split("."))
 
 
-def _call_factory(spec: str):
+def factory_takes_module(spec: str) -> bool:
+    """Whether the factory `spec` accepts the Keras module as its first argument (`def build(keras=None)`)."""
+    import inspect
+
+    fn = _factory_function(spec)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+
+
+def _factory_function(spec: str):
     left, _, fn_name = spec.rpartition(":")
     try:
         module = _import_file(left) if left.endswith(".py") else importlib.import_module(left)
@@ -126,45 +148,140 @@ def _call_factory(spec: str):
         listed = f"; it defines {', '.join(own)}" if own else ""
         raise UserError(f"{left} has no function {fn_name}{listed}: name the function that builds "
                         f"the model after the colon ({left}:FUNCTION)")
+    return fn
+
+
+def _call_factory(spec: str, keras_module=None):
+    fn = _factory_function(spec)
     try:
-        return fn()
+        return fn() if keras_module is None else fn(keras_module)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"the factory {spec} raised {type(exc).__name__}: {_first_line(exc)} "
                         "(fix the factory; run with --debug for the traceback)") from exc
 
 
-def choose_engine(requested: str = "auto", metadata: Optional[dict] = None):
-    if requested == "tf_keras" or os.environ.get("TF_USE_LEGACY_KERAS") == "1" and requested == "auto":
-        raise UserError("the tf_keras engine is not available in this version of lossmap; use --engine keras3")
-    if metadata and str(metadata.get("keras_version", "3")).startswith("2") and requested == "auto":
-        raise UserError(f"the archive was saved by Keras {metadata['keras_version']} (tf_keras), which "
-                        "this version of lossmap cannot explain yet; re-save it with Keras 3")
-    if requested not in ("auto", "keras3"):
+def h5_metadata(path: str) -> dict:
+    """Check a legacy HDF5 model file and read what Keras wrote at its root, without Keras."""
+    name = os.path.basename(path)
+    with open(path, "rb") as fh:
+        if fh.read(8) != HDF5_SIGNATURE:
+            raise UserError(f"{name} is not an HDF5 file; save the model with model.save('model.keras') "
+                            "(Keras 3), or model.save('model.h5') with tf_keras")
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            attrs = {k: _attr_text(f.attrs[k]) for k in ("keras_version", "backend", "model_config") if k in f.attrs}
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{name} is an HDF5 file that cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+                        "save the model again (model.save('model.keras') with Keras 3, or "
+                        "model.save('model.h5') with tf_keras)") from exc
+    if "model_config" not in attrs:
+        raise UserError(f"{name} holds weights only (no model config in the HDF5 file); lossmap needs the whole "
+                        "model: save it with model.save('model.h5') (tf_keras) or model.save('model.keras')")
+    return {"format": "h5", "keras_version": attrs.get("keras_version"), "backend": attrs.get("backend")}
+
+
+def _attr_text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _object_engine(obj) -> str:
+    from lossmap.engines.tf_keras import is_tf_keras_object
+
+    return "tf_keras" if is_tf_keras_object(obj) else "keras3"
+
+
+def engine_for(requested: str = "auto", metadata: Optional[dict] = None, obj: Any = None):
+    """(engine name, reason) for a model: see the module docstring. Never imports Keras."""
+    if requested not in ENGINES:
         raise UserError(f"unknown engine {requested!r}; choose auto, keras3 or tf_keras")
+    legacy_env = os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true")
+    if obj is not None:
+        actual = _object_engine(obj)
+        what = "a tf_keras model (tf_keras.Model)" if actual == "tf_keras" else "a Keras 3 model (keras.Model)"
+        if requested not in ("auto", actual):
+            raise UserError(f"--engine {requested} was asked for, but the model is {what}: run with "
+                            f"--engine {actual} (or auto)")
+        return actual, f"the model is {what}"
+    meta = metadata or {}
+    version = meta.get("keras_version")
+    h5 = meta.get("format") == "h5"
+    kind = "HDF5 file" if h5 else "archive"
+    if requested == "tf_keras":
+        if version and str(version).startswith("3") and not h5:
+            raise UserError(f"the archive was saved by Keras {version}, which tf_keras cannot load: "
+                            "use --engine keras3 (or auto)")
+        return "tf_keras", "--engine tf_keras"
+    if requested == "keras3":
+        return "keras3", "--engine keras3"
+    if version and str(version).startswith("2"):
+        return "tf_keras", f"the {kind} was saved by Keras {version} (tf_keras)"
+    if version and str(version).startswith("3"):
+        return "keras3", f"the {kind} was saved by Keras {version}"
+    if h5:
+        return "tf_keras", "a legacy HDF5 file that does not say which Keras saved it"
+    if legacy_env:
+        return "tf_keras", "TF_USE_LEGACY_KERAS=1"
+    return "keras3", "the default (nothing asks for tf_keras)"
+
+
+def make_engine(name: str):
+    if name == "tf_keras":
+        from lossmap.engines.tf_keras import TfKerasEngine
+
+        return TfKerasEngine()  # a UserError saying `pip install tf_keras` when it is missing
     from lossmap.engines.keras3 import Keras3Engine
 
     return Keras3Engine()
 
 
-def load(model, *, imports=(), unsafe=False, engine="auto") -> Loaded:
-    """Resolve MODEL (a path, a factory spec or a live model) to a `Loaded`."""
+def choose_engine(requested: str = "auto", metadata: Optional[dict] = None, obj: Any = None):
+    """The engine for a model (see `engine_for`); its `reason` attribute says why."""
+    name, reason = engine_for(requested, metadata, obj)
+    eng = make_engine(name)
+    eng.reason = reason
+    return eng
+
+
+def load(model, *, imports=(), unsafe=False, engine="auto", keras_module=None) -> Loaded:
+    """Resolve MODEL (a path, a factory spec or a live model) to a `Loaded`.
+
+    `keras_module`: for a factory that takes the Keras module as its argument
+    (`def build(keras): ...`), the module to pass (`lossmap report --compare-engines`).
+    """
     if not isinstance(model, (str, os.PathLike)):
-        eng = choose_engine(engine)
+        eng = choose_engine(engine, obj=model) if _looks_like_model(model) else choose_engine(engine)
         if not eng.is_model(model):
             raise UserError(f"expected a Keras model, got {type(model).__name__}")
-        return Loaded(model, eng, f"<live model {model.name}>", None, owned=False)
+        return Loaded(model, eng, f"<live model {model.name}>", None, owned=False, engine_reason=eng.reason)
     spec = os.fspath(model)
     import_modules(imports)
     if not os.path.exists(spec) and is_factory_spec(spec):
-        eng = choose_engine(engine)
-        built = _call_factory(spec)
+        built = _call_factory(spec, keras_module)
+        if not _looks_like_model(built):
+            raise UserError(f"the factory {spec} returned {type(built).__name__}, not a Keras model")
+        eng = choose_engine(engine, obj=built)
         if not eng.is_model(built):
             raise UserError(f"the factory {spec} returned {type(built).__name__}, not a Keras model")
-        return Loaded(built, eng, spec, None, owned=True)
+        return Loaded(built, eng, spec, None, owned=True, engine_reason=eng.reason)
     meta = archive_metadata(spec)
     eng = choose_engine(engine, meta)
     loaded = eng.load_archive(spec, safe_mode=not unsafe)
-    return Loaded(loaded, eng, spec, meta.get("keras_version"), owned=True)
+    return Loaded(loaded, eng, spec, meta.get("keras_version"), owned=True, engine_reason=eng.reason)
+
+
+def _looks_like_model(obj) -> bool:
+    """A Keras 3 or tf_keras model, by its classes' names and modules (no Keras import)."""
+    for c in type(obj).__mro__:
+        top = (c.__module__ or "").split(".")[0]
+        if c.__name__ == "Model" and top in ("keras", "tf_keras"):
+            return True
+    return False
 
 
 def _first_line(exc) -> str:

@@ -20,15 +20,21 @@ from lossmap.verify import compare, scalar, tolerances
 
 
 def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False, engine="auto",
-            rtol=None, atol=None, gradients=True, gradient_limit=None) -> Analysis:
+            rtol=None, atol=None, gradients=True, gradient_limit=None, engine_diffs=None,
+            sources=True) -> Analysis:
     """Explain and verify the training loss of `model` (a path, a factory spec or a live model).
 
     The model is left exactly as it was: every variable the run touches is
     restored, and `Analysis.state_restored` records the bit-for-bit check.
+    `sources`: locate the Keras source walkthrough and user call sites (for the HTML
+    report; `check` skips it).
+    `engine_diffs`: add the ENGINE_DIFF_* findings (where tf_keras and Keras 3
+    differ for this model); by default only for a tf_keras model.
     """
     loaded = load(model, imports=imports, unsafe=unsafe, engine=engine)
     eng, m = loaded.engine, loaded.model
     info = eng.model_info(m, loaded.source, loaded.saved_with)
+    info.engine_reason = loaded.engine_reason
     state = eng.state(m)
     clean = False  # True only right after a restore, with nothing run since: restoring again is a no-op
     try:
@@ -41,7 +47,7 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
             batch = batch_module.from_arrays(data, sig)
         eng.seed_random(seed if seed is not None else 0)
         capture = eng.capture(m, batch, sig)
-        terms = _unique_ids(build_terms(capture))
+        terms = _unique_ids(build_terms(capture, eng.rules))
         state.restore()
         clean = True
         verification = None
@@ -56,7 +62,8 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
             clean = False
             eng.seed_random(seed if seed is not None else 0)
             limit = gradient_limit or gradients_module.DEFAULT_LIMIT
-            acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit)
+            applied = verification.total_gradient if verification and not info.custom_train_step else None
+            acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit, total_gradient=applied)
             attribution = gradients_module.summarise(acc, acc.finish(), eng.optimizer_name(m), limit, notes)
     finally:
         if not clean:
@@ -66,7 +73,7 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
         raise UserError(f"model '{m.name}' is not compiled and has no losses (no add_loss, no "
                         "regularizers): there is nothing to explain; compile it with a loss")
     rtol_, atol_ = tolerances(capture.dtype, rtol, atol)
-    reproduced = reproduce_total(terms)
+    reproduced = reproduce_total(terms, eng.rules)
     keras_compute = scalar(capture.compute_loss)
     keras_step = verification.train_step if verification else None
     scale = sum(abs(t.contribution) for t in terms)
@@ -101,11 +108,36 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
     )
     if attribution is not None:
         analysis.findings += gradients_module.findings(attribution, terms)
+    if engine_diffs or (engine_diffs is None and eng.name == "tf_keras"):
+        from lossmap import engine_diff
+
+        diffs = engine_diff.differences(analysis, capture, engine_diff.facts(eng, m, sig))
+        analysis.findings += engine_diff.as_findings(diffs)
+        analysis.engine_comparison = {"differences": diffs, "rows": None}
     if not restored:
         analysis.findings.append(findings_module.Finding(
             "STATE_NOT_RESTORED", "error", None,
             "lossmap could not put the model's state back bit for bit (a lossmap bug: please report it)"))
+    if sources:
+        _sources(analysis, eng)
     return analysis
+
+
+def _sources(analysis, eng):
+    """The source walkthrough and the user call sites; a failure here never fails the analysis."""
+    from lossmap import sources  # libcst: imported when needed, not with lossmap
+
+    try:
+        anchors = eng.walkthrough_anchors() if hasattr(eng, "walkthrough_anchors") else []
+        analysis.walkthrough = sources.walkthrough(analysis, anchors)
+    except Exception as exc:  # noqa: BLE001
+        analysis.walkthrough = [sources.failed_step("walkthrough", "Source walkthrough", "", exc)]
+    try:
+        analysis.call_sites = sources.user_call_sites(analysis)
+    except Exception as exc:  # noqa: BLE001
+        analysis.call_sites = {}
+        analysis.walkthrough.append(sources.failed_step("call_sites", "Where each additional loss comes from",
+                                                        "", exc))
 
 
 def _unique_ids(terms):

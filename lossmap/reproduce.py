@@ -297,3 +297,35 @@ def regularizer_value(cls_name, config, x):
         pairs = size * (size - 1.0) / 2.0
         return float(config["factor"]) * 0.5 * np.sum(np.abs(off)) / pairs
     raise KeyError(cls_name)
+
+
+# ---------------------------------------------------------------- the rules the Keras 3 engine hands terms.py
+class Keras3Rules:
+    """How Keras 3 reduces, aggregates and adds the terms (`Trainer.compute_loss`)."""
+
+    name = "keras3"
+
+    def elementwise_loss(self, fn, y_true, y_pred, logits, kwargs, dtype, eps):
+        return elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps)
+
+    def reduce_weighted(self, values, sample_weight, mask, reduction):
+        return reduce_weighted_values(values, sample_weight, mask, reduction)
+
+    def regularizer_value(self, cls_name, config, x):
+        return regularizer_value(cls_name, config, x)
+
+    def aggregate_additional(self, raw):
+        """(value, step) of one entry of `model.losses`: `Trainer._aggregate_additional_loss` sums it."""
+        raw = np.asarray(raw, np.float64)
+        return float(np.sum(raw)), ("the tensor the layer passed to add_loss" +
+                                    (f", shape {list(raw.shape)}, summed by ops.sum" if raw.ndim else ""))
+
+    def add_terms(self, terms) -> float:
+        """`Trainer.compute_loss`: the compiled loss first, then each additional term, with ops.sum."""
+        compiled = [t.contribution for t in terms if t.kind == "compiled"]
+        additional = [t.contribution for t in terms if t.kind != "compiled"]
+        parts = ([float(np.sum(compiled))] if compiled else []) + additional
+        return float(np.sum(parts)) if parts else 0.0
+
+
+KERAS3 = Keras3Rules()

@@ -1,8 +1,12 @@
 """Stage 3: the inventory, with each term's value reproduced independently.
 
 Reads an engine's `Capture` (plain arrays and configs) and returns `Term`s
-whose values come from `lossmap.reproduce` (NumPy), not from Keras's objects.
-A user-defined loss or regularizer is called as it is; its term is `opaque`.
+whose values come from NumPy mirrors of the engine's Keras (`rules`: its
+elementwise losses, reductions, regularizers, how an entry of `model.losses` is
+aggregated and how the terms are added; `lossmap.reproduce.KERAS3` when none
+is given, `lossmap.reproduce_tf_keras.TF_KERAS` for tf_keras), not from
+Keras's objects. A user-defined loss or regularizer is called as it is; its
+term is `opaque`.
 """
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ from lossmap.analysis import Term
 from lossmap.engines.base import AdditionalCapture, Capture, CompiledCapture
 
 
-def build_terms(capture: Capture) -> list:
-    terms = [compiled_term(c, capture) for c in capture.compiled]
-    terms += [additional_term(a, capture) for a in capture.additional]
+def build_terms(capture: Capture, rules=None) -> list:
+    rules = rules or reproduce.KERAS3
+    terms = [compiled_term(c, capture, rules) for c in capture.compiled]
+    terms += [additional_term(a, capture, rules) for a in capture.additional]
     return terms
 
 
@@ -24,7 +29,8 @@ def _as_value(arr):
     return float(arr) if arr.ndim == 0 else float(np.sum(arr))
 
 
-def compiled_term(c: CompiledCapture, capture: Capture) -> Term:
+def compiled_term(c: CompiledCapture, capture: Capture, rules=None) -> Term:
+    rules = rules or reproduce.KERAS3
     steps = []
     opaque = c.fn is None
     if c.overrides_call:
@@ -32,7 +38,7 @@ def compiled_term(c: CompiledCapture, capture: Capture) -> Term:
         steps.append(f"{c.loss_class}.__call__ is user code: its result is taken as it is")
     else:
         if c.fn is not None:
-            values, out_mask = reproduce.elementwise_loss(
+            values, out_mask = rules.elementwise_loss(
                 c.fn, c.y_true, c.y_pred, c.logits, c.fn_kwargs, c.dtype, capture.epsilon)
             source = "logits carried by the softmax/sigmoid output" if c.logits is not None else "y_pred"
             steps.append(f"{c.fn} per sample from {source}: shape {list(values.shape)}")
@@ -44,7 +50,7 @@ def compiled_term(c: CompiledCapture, capture: Capture) -> Term:
             steps.append(f"mask: {int(np.sum(mask))} of {mask.size} entries count")
         if c.sample_weight is not None:
             steps.append("times sample_weight")
-        raw = reproduce.reduce_weighted_values(values, c.sample_weight, mask, c.reduction)
+        raw = rules.reduce_weighted(values, c.sample_weight, mask, c.reduction)
         steps.append(f"reduction {c.reduction!r}")
     weight = 1.0 if c.weight is None else c.weight
     value = _as_value(raw) if np.ndim(raw) == 0 else float(np.mean(raw))
@@ -84,19 +90,18 @@ def _combine_masks(in_mask, out_mask):
     return in_mask if in_mask is not None else out_mask
 
 
-def additional_term(a: AdditionalCapture, capture: Capture) -> Term:
+def additional_term(a: AdditionalCapture, capture: Capture, rules=None) -> Term:
+    rules = rules or reproduce.KERAS3
     steps = []
     if a.kind == "add_loss":
-        raw = np.asarray(a.raw, np.float64)
-        value = float(np.sum(raw))
+        value, step = rules.aggregate_additional(a.raw)
         opaque = True
-        steps.append("the tensor the layer passed to add_loss" +
-                     (f", shape {list(raw.shape)}, summed by ops.sum" if raw.ndim else ""))
+        steps.append(step)
         term_id = f"add_loss/{a.layer}/{a.index}"
         kind = "add_loss"
     else:
         if a.builtin:
-            value = float(reproduce.regularizer_value(a.regularizer, a.config or {}, a.source_tensor))
+            value = float(rules.regularizer_value(a.regularizer, a.config or {}, a.source_tensor))
             opaque = False
             steps.append(f"{a.regularizer}({_fmt_config(a.config)}) of the "
                          f"{'variable' if a.kind == 'weight_regularizer' else 'layer output'} "
@@ -109,7 +114,8 @@ def additional_term(a: AdditionalCapture, capture: Capture) -> Term:
             if a.normalised_by_batch and np.ndim(a.source_tensor) > 0:
                 batch = np.shape(a.source_tensor)[0]
                 value = value / batch if batch else 0.0
-                steps.append(f"divided by the batch size {batch} (Layer.__call__)")
+                site = getattr(rules, "activity_division_site", "Layer.__call__")
+                steps.append(f"divided by the batch size {batch} ({site})")
             term_id = f"activity/{a.layer}" + (f"/{a.index}" if a.index else "")
         else:
             term_id = f"regularizer/{a.variable}"
@@ -143,9 +149,7 @@ def _fmt_config(config):
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in (config or {}).items())
 
 
-def reproduce_total(terms) -> float:
-    """Add the terms the way Keras 3's compute_loss does: compiled first, then the rest."""
-    compiled = [t.contribution for t in terms if t.kind == "compiled"]
-    additional = [t.contribution for t in terms if t.kind != "compiled"]
-    parts = ([float(np.sum(compiled))] if compiled else []) + additional
-    return float(np.sum(parts)) if parts else 0.0
+def reproduce_total(terms, rules=None) -> float:
+    """Add the terms the way the engine's Keras does (Keras 3's compute_loss when no rules are given:
+    compiled first, then the rest)."""
+    return (rules or reproduce.KERAS3).add_terms(terms)

@@ -113,12 +113,26 @@ class Verification:
     path: str
     notes: list
     state_restored: bool
+    # the gradient the real step applied, by variable path (None where not usable): lets
+    # gradient attribution derive one term's gradient instead of another backward pass
+    total_gradient: Optional[dict] = None
 
 
 class Engine:
-    """Base class; see `lossmap.engines.keras3.Keras3Engine`."""
+    """Base class; see `lossmap.engines.keras3.Keras3Engine` and `lossmap.engines.tf_keras.TfKerasEngine`."""
 
     name = "?"
+    # How this Keras reduces and adds the terms, as NumPy mirrors (`lossmap.reproduce.KERAS3`,
+    # `lossmap.reproduce_tf_keras.TF_KERAS`): what `lossmap.terms` reproduces each term with.
+    rules: Any = None
+
+    def reduce_weighted(self, values, sample_weight, mask, reduction):
+        """A compiled loss's per-sample values reduced as this Keras's `Loss.__call__` does."""
+        return self.rules.reduce_weighted(values, sample_weight, mask, reduction)
+
+    def add_terms(self, terms) -> float:
+        """The terms added as this Keras adds them into the total."""
+        return self.rules.add_terms(terms)
 
     def version(self) -> str:
         raise NotImplementedError

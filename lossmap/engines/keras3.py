@@ -28,7 +28,7 @@ from lossmap.engines.base import (
     Verification,
 )
 from lossmap.errors import UserError
-from lossmap.reproduce import BUILTIN_LOSS_FUNCTIONS, BUILTIN_REGULARIZERS
+from lossmap.reproduce import BUILTIN_LOSS_FUNCTIONS, BUILTIN_REGULARIZERS, KERAS3
 
 # Labels a built-in loss expects, for synthetic batches.
 LABEL_KIND = {
@@ -68,6 +68,7 @@ def _layer_path(layer) -> str:
 
 class Keras3Engine(Engine):
     name = "keras3"
+    rules = KERAS3  # lossmap.reproduce: Trainer.compute_loss and Loss.__call__ in NumPy
 
     def __init__(self):
         self.keras = _keras()
@@ -89,6 +90,12 @@ class Keras3Engine(Engine):
         return ("Trainer.compute_loss: total = CompileLoss(y, y_pred, sample_weight) "
                 "[sum over outputs of loss_weight * Loss.__call__] + "
                 "sum over model.losses of ops.sum(loss), added with ops.sum")
+
+    def walkthrough_anchors(self) -> list:
+        """The installed Keras functions behind the total, as `lossmap.sources.Anchor`s."""
+        from lossmap.engines import keras3_anchors
+
+        return keras3_anchors.anchors()
 
     # ------------------------------------------------------------ loading
     def load_archive(self, path: str, safe_mode: bool):
@@ -215,10 +222,12 @@ class Keras3Engine(Engine):
         from keras.src.losses.loss import Loss
 
         xs, ys, sw = self.pack_batch(model, sig, batch)
-        normalised = activity_loss_divided_by_batch()
         probe = _LossProbe(model)
         with probe:
             y_pred = model(xs, training=True) if model._call_has_training_arg else model(xs)
+        # Read from Keras's source (libcst: import and parse, most of a second) only when
+        # an activity regularizer is there: no other term depends on it.
+        normalised = bool(probe._swapped) and activity_loss_divided_by_batch()
 
         compute_loss, compute_error = None, None
         try:
@@ -362,11 +371,18 @@ class Keras3Engine(Engine):
             object.__setattr__(model, "optimizer", clone)
             notes.append("the optimizer was not built yet, so a fresh copy of it took the step")
         try:
-            logs = model.train_step((xs, ys, sw))
+            # The logged 'loss' is a running Mean (over the epoch, after fit()): from zero it is this
+            # step's loss. The state snapshot puts the metrics back afterwards.
+            for metric in _all_metrics(model):
+                metric.reset_state()
+            applied = _GradientRecorder(model.optimizer, model)
+            with applied:
+                logs = model.train_step((xs, ys, sw))
             loss = logs.get("loss") if isinstance(logs, dict) else None
             if loss is None:
                 return Verification(None, "train_step returned no 'loss' in its logs", "eager", notes, True)
-            return Verification(float(np.array(loss)), None, "eager", notes, True)
+            return Verification(float(np.array(loss)), None, "eager", notes, True,
+                                total_gradient=applied.gradient)
         except Exception as exc:
             return Verification(None, _one_line(exc), "eager", notes, True)
         finally:
@@ -381,11 +397,14 @@ class Keras3Engine(Engine):
         inner = getattr(opt, "inner_optimizer", None)
         return type(inner or opt).__name__
 
-    def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int):
+    def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
+                            total_gradient: Optional[dict] = None):
         """Per-term gradients of one taped training-mode forward pass, folded into an Accumulator.
 
         `terms` are the inventory's terms in capture order; the same pass (same
-        seeds) yields the same tensors in the same order.
+        seeds) yields the same tensors in the same order. With `total_gradient`
+        (what the real train_step applied, same seeds), the largest compiled
+        term's gradient is that total minus all the others: one backward pass fewer.
         """
         import tensorflow as tf
         from lossmap import gradients as gmod
@@ -420,15 +439,25 @@ class Keras3Engine(Engine):
         acc = gmod.Accumulator(paths)
         notes = []
         try:
-            for unit, members in gmod.plan_units(shared_terms, limit, notes):
+            plan = list(gmod.plan_units(shared_terms, limit, notes))
+            derived = gmod.derivable_unit(plan, shared_terms, total_gradient, paths)
+            reg_grads = {}
+            if regularized:
+                grads = tape.gradient(reg_sum, regularized)
+                reg_grads = {v.path: _dense_grad(tf, g) for v, g in zip(regularized, grads)}
+            for unit, members in plan:
+                if unit is derived:
+                    continue
                 # A list of targets is differentiated as their sum, in one backward pass.
                 grads = tape.gradient([tensors[i] for i in members], variables)
                 acc.add_shared(unit, {p: _dense_grad(tf, g) for p, g in zip(paths, grads)})
-            if regularized:
-                grads = tape.gradient(reg_sum, regularized)
-                for term, v, g in zip(terms[len(tensors):], regularized, grads):
-                    unit = gmod.Unit(term.id, term.id, term.kind, [term.id], False)
-                    acc.add_local(unit, v.path, _dense_grad(tf, g))
+            if derived is not None:
+                acc.add_shared(derived, acc.remainder(total_gradient, reg_grads))
+                notes.append(f"{derived.label}'s gradient is the gradient the real train_step applied minus "
+                             "every other term's (one backward pass saved)")
+            for term, v in zip(terms[len(tensors):], regularized):
+                unit = gmod.Unit(term.id, term.id, term.kind, [term.id], False)
+                acc.add_local(unit, v.path, reg_grads.get(v.path))
         finally:
             del tape
         return acc, notes
@@ -443,6 +472,43 @@ class Keras3Engine(Engine):
         import tensorflow as tf
 
         tf.random.set_seed(seed)
+
+
+class _GradientRecorder:
+    """Keeps a copy of the gradients `train_step` hands to `optimizer.apply_gradients`.
+
+    Set on the optimizer instance for the one step and removed after; only kept
+    when they are the plain gradient of the loss (no loss scaling).
+    """
+
+    def __init__(self, optimizer, model):
+        self.optimizer = optimizer
+        self.usable = type(optimizer).__name__ != "LossScaleOptimizer"
+        self.paths = {id(v): v.path for v in model.trainable_variables}
+        self.gradient = None
+
+    def __enter__(self):
+        import tensorflow as tf
+
+        original = self.optimizer.apply_gradients
+        recorder = self
+
+        def apply_gradients(grads_and_vars, *args, **kwargs):
+            pairs = list(grads_and_vars)
+            if recorder.usable and recorder.gradient is None:
+                recorder.gradient = {recorder.paths.get(id(v), getattr(v, "path", None)): _dense_grad(tf, g)
+                                     for g, v in pairs}
+            return original(pairs, *args, **kwargs)
+
+        object.__setattr__(self.optimizer, "apply_gradients", apply_gradients)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            object.__delattr__(self.optimizer, "apply_gradients")
+        except AttributeError:
+            pass
+        return False
 
 
 def _dense_grad(tf, g):
@@ -709,7 +775,11 @@ def activity_loss_divided_by_batch() -> bool:
     from keras.src.layers import layer as layer_module
 
     with open(layer_module.__file__, encoding="utf-8") as fh:
-        tree = cst.parse_module(fh.read())
+        source = fh.read()
+    try:  # libcst parses Layer.__call__ alone: the whole module takes it about a second
+        tree = cst.parse_module(_layer_call_source(source))
+    except Exception:
+        tree = cst.parse_module(source)
     layer_cls = next(c for c in m.findall(tree, m.ClassDef(name=m.Name("Layer"))))
     call = next(f for f in m.findall(layer_cls, m.FunctionDef(name=m.Name("__call__"))))
     activity_ifs = m.findall(call, m.If(test=m.Comparison(left=m.Attribute(attr=m.Name("activity_regularizer")))))
@@ -718,3 +788,24 @@ def activity_loss_divided_by_batch() -> bool:
     divides = m.findall(activity_ifs[0], m.Call(func=m.Attribute(attr=m.Name("divide_no_nan")))) or \
         m.findall(activity_ifs[0], m.BinaryOperation(operator=m.Divide()))
     return bool(divides)
+
+
+def _layer_call_source(source: str) -> str:
+    """The first `__call__` of the first `class Layer` in `source`, as `class Layer:` + that method.
+
+    Python's `ast` finds the lines (the same first-in-source-order matches libcst's
+    findall gives); the method's own lines are kept verbatim, decorators included.
+    """
+    import ast
+
+    def first(nodes):
+        return min(nodes, key=lambda n: (n.lineno, n.col_offset))
+
+    layer_cls = first([n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == "Layer"])
+    call = first([n for n in ast.walk(layer_cls)
+                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "__call__"])
+    start = min([call.lineno] + [d.lineno for d in call.decorator_list])
+    lines = source.splitlines(keepends=True)[start - 1: call.end_lineno]
+    if not lines or not lines[0][:1].isspace():
+        raise ValueError("Layer.__call__ is not indented inside its class")
+    return "class Layer:\n" + "".join(lines)

@@ -2,7 +2,8 @@
 
 `multitask` has what users ask about: two heads with loss weights, L2 on the
 kernels, an activity regularizer, a layer that calls `add_loss`, Dropout and
-BatchNormalization.
+BatchNormalization. `dense_variational` (tf_keras + TensorFlow Probability) is
+a Bayesian layer whose KL divergence arrives through `add_loss`.
 """
 import os
 
@@ -46,4 +47,57 @@ def multitask():
     return model
 
 
-EXAMPLES = {"multitask": multitask}
+def dense_variational():
+    """A Bayesian regression head: TensorFlow Probability's `DenseVariational` on tf_keras.
+
+    Its KL divergence (posterior against prior, estimated from the kernel drawn in
+    this call, times `kl_weight` = 1 / training-set size) reaches the loss through
+    `self.add_loss` inside TFP's `DenseVariational.call`. The kernel is sampled at
+    every call: lossmap gives each pass the same draw by re-seeding TensorFlow.
+    A factory, not an archive: the posterior and prior are lambdas that do not
+    serialize safely.
+    """
+    import numpy as np
+
+    try:
+        import tensorflow as tf
+        import tensorflow_probability as tfp
+        import tf_keras
+    except ImportError as exc:
+        from lossmap.errors import UserError
+
+        raise UserError("the dense_variational example needs TensorFlow Probability and tf_keras: "
+                        "pip install 'lossmap[tfp]' (or pip install tensorflow-probability tf_keras)") from exc
+    tfd = tfp.distributions
+    n_train = 256  # kl_weight = 1 / the number of training examples (Blundell et al. 2015)
+    softplus_inverse_1 = float(np.log(np.expm1(1.0)))
+
+    def posterior(kernel_size, bias_size=0, dtype=None):
+        n = kernel_size + bias_size
+        return tf_keras.Sequential([
+            tfp.layers.VariableLayer(
+                2 * n, dtype=dtype, initializer=tf_keras.initializers.RandomNormal(stddev=0.3, seed=1)),
+            tfp.layers.DistributionLambda(lambda t: tfd.Independent(
+                tfd.Normal(loc=t[..., :n], scale=1e-5 + tf.nn.softplus(softplus_inverse_1 + t[..., n:])),
+                reinterpreted_batch_ndims=1)),
+        ], name="posterior")
+
+    def prior(kernel_size, bias_size=0, dtype=None):
+        n = kernel_size + bias_size
+        return tf_keras.Sequential([
+            tfp.layers.VariableLayer(n, dtype=dtype),
+            tfp.layers.DistributionLambda(lambda t: tfd.Independent(
+                tfd.Normal(loc=t, scale=1.0), reinterpreted_batch_ndims=1)),
+        ], name="prior")
+
+    tf_keras.utils.set_random_seed(0)  # the same weights, hence the same numbers, every run
+    inputs = tf_keras.Input(shape=(4,), name="features")
+    x = tf_keras.layers.Dense(8, activation="relu", kernel_regularizer=tf_keras.regularizers.L2(1e-3),
+                              name="trunk")(inputs)
+    outputs = tfp.layers.DenseVariational(1, posterior, prior, kl_weight=1.0 / n_train, name="bayes")(x)
+    model = tf_keras.Model(inputs, outputs, name="dense_variational")
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+EXAMPLES = {"multitask": multitask, "dense_variational": dense_variational}
