@@ -46,7 +46,7 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
         else:
             batch = batch_module.from_arrays(data, sig)
         eng.seed_random(seed if seed is not None else 0)
-        capture = eng.capture(m, batch, sig)
+        capture = eng.capture(m, batch, sig, keep_tape=bool(gradients))
         terms = _unique_ids(build_terms(capture, eng.rules))
         state.restore()
         clean = True
@@ -63,7 +63,8 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
             eng.seed_random(seed if seed is not None else 0)
             limit = gradient_limit or gradients_module.DEFAULT_LIMIT
             applied = verification.total_gradient if verification and not info.custom_train_step else None
-            acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit, total_gradient=applied)
+            acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit, total_gradient=applied,
+                                                 capture=capture)
             attribution = gradients_module.summarise(acc, acc.finish(), eng.optimizer_name(m), limit, notes)
     finally:
         if not clean:

@@ -104,6 +104,7 @@ class Capture:
     dtype: str
     epsilon: float
     loss_free_outputs: list = field(default_factory=list)  # outputs with no loss
+    gradient_context: Any = None  # engine-private: a recorded pass for attribute_gradients
 
 
 @dataclass
@@ -152,11 +153,17 @@ class Engine:
     def signature(self, model) -> Signature:
         raise NotImplementedError
 
-    def capture(self, model, batch: Batch) -> Capture:
+    def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
+        """One training-mode forward pass; with keep_tape, recorded for attribute_gradients."""
         raise NotImplementedError
 
-    def verify_train_step(self, model, batch: Batch) -> Verification:
+    def verify_train_step(self, model, batch: Batch, sig: Signature) -> Verification:
         raise NotImplementedError
 
     def summation(self) -> str:
+        raise NotImplementedError
+
+    def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
+                            total_gradient=None, capture: Optional[Capture] = None):
+        """Fold each term's gradient into a `lossmap.gradients.Accumulator`; returns (acc, notes)."""
         raise NotImplementedError

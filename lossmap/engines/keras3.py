@@ -217,7 +217,20 @@ class Keras3Engine(Engine):
         return xs, ys, sw
 
     # ------------------------------------------------------------ capture
-    def capture(self, model, batch: Batch, sig: Signature) -> Capture:
+    def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
+        """One training-mode forward pass and everything the terms need from it.
+
+        With `keep_tape`, the pass is recorded on a persistent gradient tape, kept on
+        the capture for `attribute_gradients`, which then needs no forward pass of its own.
+        """
+        import tensorflow as tf
+
+        tape = tf.GradientTape(persistent=True) if keep_tape else contextlib.nullcontext()
+        with tape:
+            capture = self._capture(model, batch, sig, tape if keep_tape else None)
+        return capture
+
+    def _capture(self, model, batch: Batch, sig: Signature, tape) -> Capture:
         keras = self.keras
         from keras.src.losses.loss import Loss
 
@@ -250,7 +263,7 @@ class Keras3Engine(Engine):
                     y_t, y_p, s_w, compile_loss.dtype, Loss))
 
         additional = self._capture_additional(model, probe, normalised)
-        return Capture(
+        capture = Capture(
             compiled=compiled,
             additional=additional,
             compute_loss=compute_loss,
@@ -258,6 +271,31 @@ class Keras3Engine(Engine):
             dtype=keras.backend.floatx(),
             epsilon=float(keras.backend.epsilon()),
         )
+        if tape is not None:
+            capture.gradient_context = (tape,) + self._gradient_targets(model, ys, y_pred, sw)
+        return capture
+
+    def _gradient_targets(self, model, ys, y_pred, sw):
+        """Each term's contribution as a tensor, in inventory order (call inside the tape)."""
+        ops = self.keras.ops
+        tensors = []
+        compile_loss = getattr(model, "_compile_loss", None)
+        if compile_loss is not None:
+            for path, loss_fn, weight, _ in compile_loss._flat_losses:
+                y_t, y_p = _resolve(path, ys), _resolve(path, y_pred)
+                s_w = _resolve(path, sw) if sw is not None and not _is_leaf(sw) else sw
+                value = ops.cast(loss_fn(y_t, y_p, s_w), compile_loss.dtype)
+                if weight is not None:
+                    value = ops.multiply(value, weight)
+                tensors.append(ops.sum(value))
+        for layer in model._flatten_layers(include_self=True):
+            tensors.extend(model._aggregate_additional_loss(t) for t in layer._losses)
+        regularized = [v for v in model.trainable_variables if getattr(v, "regularizer", None) is not None]
+        # Each regularizer reaches only its own variable, so one backward pass of their
+        # sum separates them exactly.
+        reg_sum = ops.sum(ops.stack([ops.cast(v.regularizer(v), "float32") for v in regularized])) \
+            if regularized else None
+        return tensors, regularized, reg_sum
 
     def _capture_compiled(self, loss_fn, weight, name, output, y_t, y_p, s_w, cl_dtype, Loss):
         kb = self.kbackend
@@ -398,7 +436,7 @@ class Keras3Engine(Engine):
         return type(inner or opt).__name__
 
     def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
-                            total_gradient: Optional[dict] = None):
+                            total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
         """Per-term gradients of one taped training-mode forward pass, folded into an Accumulator.
 
         `terms` are the inventory's terms in capture order; the same pass (same
@@ -409,29 +447,17 @@ class Keras3Engine(Engine):
         import tensorflow as tf
         from lossmap import gradients as gmod
 
-        ops = self.keras.ops
-        xs, ys, sw = self.pack_batch(model, sig, batch)
         variables = list(model.trainable_variables)
         paths = [v.path for v in variables]
-        with tf.GradientTape(persistent=True) as tape:
-            y_pred = model(xs, training=True) if model._call_has_training_arg else model(xs)
-            tensors = []
-            compile_loss = getattr(model, "_compile_loss", None)
-            if compile_loss is not None:
-                for path, loss_fn, weight, _ in compile_loss._flat_losses:
-                    y_t, y_p = _resolve(path, ys), _resolve(path, y_pred)
-                    s_w = _resolve(path, sw) if sw is not None and not _is_leaf(sw) else sw
-                    value = ops.cast(loss_fn(y_t, y_p, s_w), compile_loss.dtype)
-                    if weight is not None:
-                        value = ops.multiply(value, weight)
-                    tensors.append(ops.sum(value))
-            for layer in model._flatten_layers(include_self=True):
-                tensors.extend(model._aggregate_additional_loss(t) for t in layer._losses)
-            regularized = [v for v in variables if getattr(v, "regularizer", None) is not None]
-            # Inside the tape: each regularizer reaches only its own variable, so one
-            # backward pass of their sum separates them exactly.
-            reg_sum = ops.sum(ops.stack([ops.cast(v.regularizer(v), "float32") for v in regularized])) \
-                if regularized else None
+        context = getattr(capture, "gradient_context", None) if capture is not None else None
+        if context is not None:
+            tape, tensors, regularized, reg_sum = context
+            capture.gradient_context = None  # the tape is used once, then released
+        else:
+            xs, ys, sw = self.pack_batch(model, sig, batch)
+            with tf.GradientTape(persistent=True) as tape:
+                y_pred = model(xs, training=True) if model._call_has_training_arg else model(xs)
+                tensors, regularized, reg_sum = self._gradient_targets(model, ys, y_pred, sw)
         if len(tensors) + len(regularized) != len(terms):
             raise RuntimeError(f"gradient pass found {len(tensors) + len(regularized)} terms, "
                                f"the inventory {len(terms)}")

@@ -240,7 +240,8 @@ class TfKerasEngine(Engine):
         return self._tensors(xs), self._tensors(ys), self._tensors(sw)
 
     # ------------------------------------------------------------ capture
-    def capture(self, model, batch: Batch, sig: Signature) -> Capture:
+    def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
+        # keep_tape is an optimisation this engine does not take: attribute_gradients runs its own pass
         xs, ys, sw = self.packed_tensors(model, sig, batch)
         probe = _LossProbe(self)
         with probe:
@@ -484,7 +485,7 @@ class TfKerasEngine(Engine):
         return type(inner or opt).__name__
 
     def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
-                            total_gradient: Optional[dict] = None):
+                            total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
         """Per-term gradients of one taped training-mode forward pass (see Keras3Engine.attribute_gradients).
 
         `total_gradient` (what the real train_step applied) is accepted for the common interface and not
