@@ -7,9 +7,10 @@ a batch of 8, then times whole processes side by side, alternating their order:
   handwritten            python handwritten.py MODEL BATCH   (load_model + one train_on_batch)
   check --no-gradients   lossmap check MODEL --data BATCH --no-gradients
   check                  lossmap check MODEL --data BATCH
+  report                 lossmap report MODEL --data BATCH -o bench.lossmap.html
 
-and prints the median wall times and the ratio lossmap/handwritten (target from
-the issue: at most 0.5). Results also go to bench/results.json.
+and prints the median wall times and the ratio lossmap/handwritten (targets from
+the issues: check at most 0.5, report at most 1.0). Results also go to bench/results.json.
 
     .venv/bin/python bench/bench_check.py [--repeats 3] [--warmup 1] [--size 64] [--nice -10] [--rebuild]
 """
@@ -33,7 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD_VERSION = "resnet50-l2-2heads-v1"
 BATCH_SIZE = 8
 CLASSES = 10
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.5  # lossmap check (core issue)
+TARGETS = {"check --no-gradients": 0.5, "check": 0.5, "report": 1.0}  # report: the report issue
 
 HANDWRITTEN = '''\
 """What a user writes by hand to see the training loss of a saved model on one batch."""
@@ -230,6 +232,7 @@ def main(argv=None) -> int:
         "handwritten": [python, os.path.join(directory, "handwritten.py"), model, batch],
         "check --no-gradients": [lossmap, "check", model, "--data", batch, "--no-gradients"],
         "check": [lossmap, "check", model, "--data", batch],
+        "report": [lossmap, "report", model, "--data", batch, "-o", os.path.join(directory, "bench.lossmap.html")],
     }
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", "tensorflow")
@@ -274,10 +277,13 @@ def main(argv=None) -> int:
     for n in names:
         print(f"{n:<22} {medians[n]:9.2f} {min(times[n]):7.2f} {max(times[n]):7.2f} "
               f"{medians[n] / base:14.2f} {cpu_medians[n]:7.2f}")
-    meets = {n: medians[n] / base <= TARGET_RATIO for n in names if n != "handwritten"}
-    print("\nratio lossmap check / handwritten (median wall), target <= "
-          f"{TARGET_RATIO}: " + "; ".join(f"{n} {medians[n] / base:.2f} "
-                                          f"({'meets' if ok else 'misses'})" for n, ok in meets.items()))
+    meets = {n: medians[n] / base <= TARGETS[n] for n in names if n != "handwritten"}
+    print("\nratio lossmap / handwritten (median wall): " + "; ".join(
+        f"{n} {medians[n] / base:.2f} (target <= {TARGETS[n]}, {'meets' if ok else 'misses'})"
+        for n, ok in meets.items()))
+    report_path = os.path.join(directory, "bench.lossmap.html")
+    if os.path.exists(report_path):
+        print(f"report size: {os.path.getsize(report_path) / 1e6:.2f} MB (budget 2 MB)")
     print("ratio of median CPU time (user + sys): " + "; ".join(
         f"{n} {cpu_medians[n] / cpu_medians['handwritten']:.2f}" for n in names if n != "handwritten"))
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {_cpu_count()} CPUs"
@@ -320,7 +326,8 @@ def main(argv=None) -> int:
             "exit_codes": {n: sorted(exits[n]) for n in names},
             "training_loss_printed": losses,
             "error_findings": error_findings,
-            "target_ratio": TARGET_RATIO,
+            "target_ratio": TARGETS,
+            "report_bytes": os.path.getsize(report_path) if os.path.exists(report_path) else None,
             "meets_target": meets,
             "failures": failures,
         }

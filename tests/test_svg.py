@@ -288,15 +288,36 @@ def test_cosine_heatmap_marks_negative_cosines_and_missing_ones():
     root = parse(svg.cosine_heatmap(a))
     circles = [c for c in root.iter(NS + "circle") if "conflict" in c.get("class")]
     in_grid = [c for c in circles if c not in list(root.find(NS + "g[@class='legend']").iter(NS + "circle"))]
-    assert len(in_grid) == 4  # two negative pairs, both halves of the symmetric matrix
+    assert len(in_grid) == 4  # two negative pairs of trunk terms, both halves of their square
     assert sum("strong" in c.get("class") for c in in_grid) == 2
     neg = [g for g in root.iter(NS + "g") if g.get("class") == "cell neg" and g.find(NS + "title") is not None]
     assert len(neg) == 4
     titles = " ".join(t.text or "" for t in root.iter(NS + "title"))
     assert "no shared weights" in titles and "-0.700" in titles
-    # no matrix (too many units): nothing to draw
+    # drawn from the pairs, so also without the (<= 64 units) matrix
     a = analysis(terms, fake_gradients(terms, cos, matrix=False))
-    assert svg.cosine_heatmap(a) == ""
+    assert svg.cosine_heatmap(a) != ""
+    # no pair at all: nothing to draw
+    assert svg.cosine_heatmap(analysis(terms, fake_gradients(terms, {}))) == ""
+
+
+def test_cosine_heatmap_sets_weight_regularizers_against_trunk_terms_only():
+    """Regularizers never share weights with each other: rows for them, columns for trunk terms."""
+    big = big_terms(150)
+    shared_ids = [t.id for t in big if t.kind != "weight_regularizer"][:3]
+    regs = [t.id for t in big if t.kind == "weight_regularizer"]
+    cos = {(shared_ids[0], shared_ids[1]): 0.3}
+    cos.update({(shared_ids[0], r): (-0.9 if i == 77 else 0.1) for i, r in enumerate(regs)})
+    gradients = fake_gradients(big[:2] + [t for t in big if t.kind == "weight_regularizer"], cos, matrix=False)
+    root = parse(svg.cosine_heatmap(analysis(big, gradients)))
+    cols = [t for t in root.iter(NS + "text") if t.get("class") == "col-label"]
+    rows = [t for t in root.iter(NS + "text") if t.get("class") == "row-label"]
+    assert len(cols) == 2  # the two compiled terms
+    assert len(rows) == svg.MAX_UNIT_ROWS
+    row_titles = [r.find(NS + "title").text for r in rows]
+    assert row_titles[2] == regs[77]  # the most conflicting regularizer comes first
+    notes = " ".join(t.text or "" for t in root.iter(NS + "text") if t.get("class") == "note")
+    assert f"{150 + 2 - svg.MAX_UNIT_ROWS} more weight regularizers not shown" in notes
 
 
 def test_all_outputs_are_well_formed_for_big_models():

@@ -1008,15 +1008,26 @@ def cosine_heatmap(analysis) -> str:
     g = analysis.gradients
     if not g:
         return ""
-    cos = g.get("cosine") or {}
-    ids, matrix = cos.get("units"), cos.get("matrix")
-    if not ids or matrix is None:
-        return ""
-    by_id = {u["id"]: u for u in _units(g)}
-    shared = {}
+    units = _units(g)
+    by_id = {u["id"]: u for u in units}
+    shared, cosine = {}, {}
     for p in g.get("pairs") or []:
         shared[(p["a"], p["b"])] = shared[(p["b"], p["a"])] = p.get("shared_variables")
+        cosine[(p["a"], p["b"])] = cosine[(p["b"], p["a"])] = p.get("cosine")
+    # Weight regularizers each reach one variable, so two of them never share weights: their
+    # rows are set against the trunk-sharing units' columns only (a square of all of them
+    # would be mostly empty cells), the most conflicting first, up to MAX_UNIT_ROWS.
+    cols = [u["id"] for u in units if u["kind"] != "weight_regularizer"]
+    local = [u["id"] for u in units if u["kind"] == "weight_regularizer"]
+    if not cols or not cosine:
+        return ""
+    local.sort(key=lambda uid: min([c for c in (cosine.get((uid, col)) for col in cols)
+                                    if c is not None and _finite(c)] or [2.0]))
+    ids = cols + local[: max(0, MAX_UNIT_ROWS - len(cols))]
+    hidden = len(cols) + len(local) - len(ids)
+    matrix = [[None if a == b else cosine.get((a, b)) for b in cols] for a in ids]
     n = len(ids)
+    m = len(cols)
     cell = 44 if n <= 8 else 32 if n <= 16 else 20 if n <= 32 else 14
     show_numbers = cell >= 32
     label_chars = 30
@@ -1024,30 +1035,30 @@ def cosine_heatmap(analysis) -> str:
     short = [_fit(x, label_chars) for x in labels]
     lw = max(len(x) for x in short) * CHAR_PX + 12
     angle = 55.0
-    s, c, lens = _col_label_geometry(short, angle)
+    s, c, lens = _col_label_geometry(short[:m], angle)
     head = max(lens) * s + 14
     x_grid = MARGIN + lw
     y_grid = MARGIN + head
-    right = max([x_grid + (j + 0.5) * cell + lens[j] * c for j in range(n)] + [x_grid + n * cell])
+    right = max([x_grid + (j + 0.5) * cell + lens[j] * c for j in range(m)] + [x_grid + m * cell])
     body = []
-    for j in range(n):
+    for j in range(m):
         cx = x_grid + (j + 0.5) * cell + 3
         cy = y_grid - 6
         href = by_id.get(ids[j], {}).get("href")
         text = (f'<text class="col-label" x="{_f(cx)}" y="{_f(cy)}" '
                 f'transform="rotate(-{angle:g} {_f(cx)} {_f(cy)})"><title>{esc(labels[j])}</title>{esc(short[j])}</text>')
         body.append(f'<a href="{esc(href)}">{text}</a>' if href else text)
-    conflicts = 0
+    conflicting = set()
     for i in range(n):
         y = y_grid + i * cell
         href = by_id.get(ids[i], {}).get("href")
         lab = (f'<text class="row-label" x="{_f(x_grid - 8)}" y="{_f(y + cell / 2 + 4)}" text-anchor="end">'
                f'<title>{esc(labels[i])}</title>{esc(short[i])}</text>')
         body.append(f'<a href="{esc(href)}">{lab}</a>' if href else lab)
-        for j in range(n):
+        for j in range(m):
             x = x_grid + j * cell
-            v = matrix[i][j] if j < len(matrix[i]) else None
-            if i == j:
+            v = matrix[i][j]
+            if ids[i] == cols[j]:
                 body.append(_shape("cell diag", x, y, cell, cell, title=f"{labels[i]} with itself"))
                 continue
             if v is None or not _finite(v):
@@ -1056,14 +1067,14 @@ def cosine_heatmap(analysis) -> str:
                     f'<line class="none-mark" x1="{_f(x + 3)}" y1="{_f(y + cell - 3)}" '
                     f'x2="{_f(x + cell - 3)}" y2="{_f(y + 3)}"/>')))
                 continue
-            sv = shared.get((ids[i], ids[j]))
+            sv = shared.get((ids[i], cols[j]))
             tip = (f"{labels[i]} vs {labels[j]}: cosine {v:.3f}"
                    + (f" on {sv} shared variable{'s' if sv != 1 else ''}" if sv is not None else "")
                    + ("; they pull the shared weights in opposing directions" if v < 0 else ""))
             sign = "neg" if v < 0 else "pos"
             parts = []
             if v < 0:
-                conflicts += 1
+                conflicting.add(frozenset((ids[i], cols[j])))
                 strong = v < CONFLICT_COSINE
                 r = max(2.0, cell * (0.14 if strong else 0.09))
                 dx, dy = (x + cell - r - 3, y + r + 3) if show_numbers else (x + cell / 2, y + cell / 2)
@@ -1072,9 +1083,13 @@ def cosine_heatmap(analysis) -> str:
                 parts.append(_text(x + cell / 2, y + cell / 2 + 4 + (3 if v < 0 else 0), f"{v:.2f}", "cell-text"))
             body.append(_shape(f"cell {sign}", x, y, cell, cell, opacity=max(0.06, min(1.0, abs(v))), title=tip,
                                after="".join(parts)))
-    body.append(_shape("frame", x_grid, y_grid, n * cell, n * cell))
-    # legend
+    body.append(_shape("frame", x_grid, y_grid, m * cell, n * cell))
     ly = y_grid + n * cell + 16
+    if hidden:
+        body.append(_text(MARGIN, ly + 4, f"{hidden} more weight regularizer{'s' if hidden != 1 else ''} "
+                          "not shown (the least conflicting); all are in the JSON", "note"))
+        ly += 18
+    # legend
     lx = MARGIN
     body.append('<g class="legend">')
     for v in (-1.0, -0.5, 0.0, 0.5, 1.0):
@@ -1097,6 +1112,7 @@ def cosine_heatmap(analysis) -> str:
     body.append("</g>")
     width = max(right, lx) + MARGIN
     height = ly + 14 + MARGIN
-    label = (f"Cosine similarity between the gradients of {n} attribution units on the weights they share; "
-             f"{conflicts // 2} conflicting pair{'s' if conflicts // 2 != 1 else ''}")
+    label = (f"Cosine similarity between the gradients of {n} attribution units and the {m} that share the "
+             "trunk, on the weights both reach; "
+             f"{len(conflicting)} conflicting pair{'s' if len(conflicting) != 1 else ''}")
     return _svg_root("cosine-heatmap", width, height, label, body)
