@@ -102,10 +102,32 @@ def context(analysis, command=None) -> dict:
 
 
 # ---------------------------------------------------------------- pieces
+EQUATION_TERMS = 12  # beyond this, additional terms of one kind become one addend of the equation
+
+
 def _equation(analysis, rows):
     parts = []
+    kinds = {}
+    for r in rows:
+        kinds.setdefault(r["t"].kind, []).append(r)
+    grouped = {k for k, members in kinds.items()
+               if len(rows) > EQUATION_TERMS and k != "compiled" and len(members) > 3}
+    scale = sum(abs(r["t"].contribution) for r in rows) or 1.0
     for r in rows:
         t = r["t"]
+        if t.kind in grouped:
+            members = kinds[t.kind]
+            if r is members[0]:
+                subtotal = sum(m["t"].contribution for m in members)
+                parts.append({
+                    "anchor": anchor_id("group", t.kind),
+                    "weight": None,
+                    "value": format_number(subtotal),
+                    "label": f"{_kind_heading(t.kind, len(members))}: {describe(t)}, ...",
+                    "share_text": f"{100.0 * sum(abs(m['t'].contribution) for m in members) / scale:.1f}%",
+                    "kind": t.kind,
+                })
+            continue
         parts.append({
             "anchor": r["anchor"],
             "weight": None if t.weight == 1.0 else format_number(t.weight),
