@@ -384,7 +384,6 @@ def definition(path: str, qualname: str, line_hint: Optional[int] = None) -> _De
 
 @functools.lru_cache(maxsize=1024)
 def _definition_cached(key, qualname, line_hint, full) -> _Def:
-    path = key[0]
     src = _source_cached(key)
     chain = _ast_chain(src.tree, qualname, line_hint)  # NotFound propagates: the name is not there
     if not full:

@@ -6,7 +6,6 @@ import tensorflow as tf
 from keras import layers, ops, regularizers
 
 import lossmap
-from lossmap import gradients as gmod
 from lossmap.batch import synthetic
 from lossmap.load import load
 

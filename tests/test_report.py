@@ -1,10 +1,7 @@
 """Structural tests of the HTML report: terms, links, embedded JSON, escaping, the CLI command."""
 import json
 import os
-import re
 from html.parser import HTMLParser
-
-import pytest
 
 from conftest import HOSTILE_IMG, HOSTILE_SCRIPT
 from lossmap.render import anchor_id
@@ -81,11 +78,12 @@ def test_self_contained(example_report):
 def test_hostile_names_come_out_as_text(hostile_report, hostile_analysis):
     with open(hostile_report, encoding="utf-8") as fh:
         html = fh.read()
-    assert HOSTILE_IMG not in html and "<img" not in html
+    assert HOSTILE_IMG not in html and "<img" not in html and HOSTILE_SCRIPT not in html
     assert html.count("</script>") == 2  # the JSON block and the page's own script, nothing else
     assert "<b onmouseover" not in html and "<svg onload" not in html
     page = index(hostile_report)
     assert any(HOSTILE_IMG in t for t in page.text)  # shown, as text
+    assert any(HOSTILE_SCRIPT in t for t in page.text)
     assert json.loads(page.json_text) == json.loads(hostile_analysis.to_json())
     assert [t for t, _ in page.tags if t in ("img", "iframe", "object", "embed")] == []
     handlers = [k for _, attrs in page.tags for k in attrs if k.startswith("on")]

@@ -11,7 +11,6 @@ each difference, the TensorFlow Probability example, and
 """
 import io
 import json
-import os
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 

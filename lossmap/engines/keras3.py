@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
-import sys
 from typing import Optional
 
 import numpy as np
@@ -26,6 +24,19 @@ from lossmap.engines.base import (
     Signature,
     TensorSpec,
     Verification,
+)
+from lossmap.engines.common import (
+    VariableSnapshot,
+    all_metrics as _all_metrics,
+    as_numpy as _np,
+    builtin_fn_name,
+    call_regularizer as _call_regularizer,
+    code_origin,
+    dense_grad as _dense_grad,
+    is_builtin_regularizer,
+    jsonable as _jsonable,
+    one_line as _one_line,
+    reg_config as _reg_config,
 )
 from lossmap.errors import UserError
 from lossmap.reproduce import BUILTIN_LOSS_FUNCTIONS, BUILTIN_REGULARIZERS, KERAS3
@@ -52,14 +63,6 @@ def _keras():
     import keras
 
     return keras
-
-
-def _np(t):
-    return None if t is None else np.array(t)
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
 
 
 def _layer_path(layer) -> str:
@@ -537,49 +540,12 @@ class _GradientRecorder:
         return False
 
 
-def _dense_grad(tf, g):
-    """A gradient as a dense array; Embedding (a gather) yields `tf.IndexedSlices`."""
-    if g is None:
-        return None
-    if isinstance(g, tf.IndexedSlices):
-        g = tf.convert_to_tensor(g)
-    return np.array(g)
-
-
 # ---------------------------------------------------------------- state snapshot
-class ModelState:
-    """Every variable a forward pass or a train step can touch, by value."""
+class ModelState(VariableSnapshot):
+    """Keras 3: weights, BatchNorm statistics, seed-generator states, optimizer and metric variables."""
 
     def __init__(self, engine, model):
-        self.model = model
-        self.engine = engine
-        self.variables = _stateful_variables(model)
-        self.values = [np.array(v.numpy(), copy=True) for v in self.variables]
-        self.metric_ids = {id(m) for m in _all_metrics(model)}
-
-    def restore(self):
-        for v, value in zip(self.variables, self.values):
-            v.assign(value)
-        for m in _all_metrics(self.model):
-            if id(m) not in self.metric_ids:
-                m.reset_state()  # built lazily during our run: back to its initial state
-
-    def identical(self) -> bool:
-        current = _stateful_variables(self.model)
-        if [id(v) for v in current[: len(self.variables)]] != [id(v) for v in self.variables]:
-            pass  # new variables may follow (lazily built metrics); compare the old ones
-        for v, value in zip(self.variables, self.values):
-            now = np.array(v.numpy())
-            if now.dtype != value.dtype or now.shape != value.shape or now.tobytes() != value.tobytes():
-                return False
-        return True
-
-
-def _all_metrics(model):
-    try:
-        return list(model.metrics)
-    except Exception:
-        return []
+        super().__init__(model, _stateful_variables(model))
 
 
 def _stateful_variables(model):
@@ -675,6 +641,17 @@ class _ActivityRecorder:
 
 
 # ---------------------------------------------------------------- helpers
+def _builtin_fn_name(loss_fn) -> Optional[str]:
+    from keras.src.losses.loss import Loss
+    from keras.src.losses.losses import LossFunctionWrapper
+
+    return builtin_fn_name(loss_fn, Loss, LossFunctionWrapper, "keras.src.losses.losses", BUILTIN_LOSS_FUNCTIONS)
+
+
+def _is_builtin_regularizer(reg) -> bool:
+    return is_builtin_regularizer(reg, "keras.src.regularizers.regularizers", BUILTIN_REGULARIZERS)
+
+
 def _resolve(path, obj):
     for key in path:
         obj = obj[key]
@@ -683,42 +660,6 @@ def _resolve(path, obj):
 
 def _is_leaf(obj):
     return not isinstance(obj, (list, tuple, dict))
-
-
-def _builtin_fn_name(loss_fn) -> Optional[str]:
-    from keras.src.losses.losses import LossFunctionWrapper
-    from keras.src.losses.loss import Loss
-
-    if not isinstance(loss_fn, LossFunctionWrapper):
-        return None
-    cls = type(loss_fn)
-    if cls.call is not LossFunctionWrapper.call or cls.__call__ is not Loss.__call__:
-        return None
-    fn = loss_fn.fn
-    if getattr(fn, "__module__", "") != "keras.src.losses.losses":
-        return None
-    name = getattr(fn, "__name__", None)
-    return name if name in BUILTIN_LOSS_FUNCTIONS else None
-
-
-def _is_builtin_regularizer(reg) -> bool:
-    if reg is None:
-        return False
-    cls = type(reg)
-    return cls.__module__ == "keras.src.regularizers.regularizers" and cls.__name__ in BUILTIN_REGULARIZERS
-
-
-def _reg_config(reg):
-    if reg is None:
-        return None
-    try:
-        return _jsonable(reg.get_config())
-    except Exception:
-        return None
-
-
-def _call_regularizer(reg, tensor):
-    return np.array(reg(tensor))
 
 
 def _elementwise_user_loss(keras, loss_fn, y_t, y_p, dtype):
@@ -731,40 +672,6 @@ def _elementwise_user_loss(keras, loss_fn, y_t, y_p, dtype):
     y_true = tree.map_structure(lambda x: ops.convert_to_tensor(x, dtype=dtype), y_t)
     values = loss_fn.call(y_true, y_pred)
     return np.array(values), _np(backend.get_keras_mask(values))
-
-
-def _code_of(obj):
-    """The class or function whose source defines `obj`'s behaviour."""
-    import inspect
-
-    return obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
-
-
-def code_origin(obj) -> Optional[dict]:
-    """Where the code of a class or function lives: file, first line, qualified name."""
-    import inspect
-
-    if obj is None:
-        return None
-    obj = _code_of(obj)
-    try:
-        path = inspect.getsourcefile(obj)
-        _, line = inspect.getsourcelines(obj)
-    except (TypeError, OSError):
-        path, line = None, None
-    return {
-        "module": getattr(obj, "__module__", None),
-        "qualname": getattr(obj, "__qualname__", getattr(obj, "__name__", None)),
-        "file": path,
-        "line": line,
-        "kind": "class" if inspect.isclass(obj) else "function",
-    }
-
-
-def _one_line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    first = next((line.strip() for line in text if line.strip()), type(exc).__name__)
-    return first[:400]
 
 
 def _explain_load_error(path, exc) -> str:

@@ -33,7 +33,20 @@ from lossmap.engines.base import (
     TensorSpec,
     Verification,
 )
-from lossmap.engines.keras3 import _explain_load_error, _jsonable, _one_line, code_origin
+from lossmap.engines.common import (
+    VariableSnapshot,
+    all_metrics as _all_metrics,
+    as_numpy as _np,
+    builtin_fn_name,
+    call_regularizer as _call_regularizer,
+    code_origin,
+    dense_grad as _dense_grad,
+    is_builtin_regularizer,
+    jsonable as _jsonable,
+    one_line as _one_line,
+    reg_config as _reg_config,
+)
+from lossmap.engines.keras3 import _explain_load_error
 from lossmap.errors import UserError
 from lossmap.reproduce_tf_keras import (
     BUILTIN_LOSS_FUNCTIONS,
@@ -64,10 +77,6 @@ def _tf_keras():
 def is_tf_keras_object(obj) -> bool:
     """Whether `obj` is a tf_keras model, by its classes' modules (tf_keras is not imported for this)."""
     return any((c.__module__ or "").split(".")[0] == "tf_keras" for c in type(obj).__mro__)
-
-
-def _np(t):
-    return None if t is None else np.array(t)
 
 
 def _short_var_name(v) -> str:
@@ -558,14 +567,6 @@ def _tensor_name(t) -> str:
     return name.split(":")[0]
 
 
-def _dense_grad(tf, g):
-    if g is None:
-        return None
-    if isinstance(g, tf.IndexedSlices):
-        g = tf.convert_to_tensor(g)
-    return np.array(g)
-
-
 def _keras_additional(raw) -> float:
     raw = np.asarray(raw, np.float64)
     return float(raw) if raw.ndim == 0 else float(np.mean(raw))
@@ -592,36 +593,11 @@ def _regularized_variable(c):
 def _builtin_fn_name(loss_obj) -> Optional[str]:
     from tf_keras.src.losses import Loss, LossFunctionWrapper
 
-    if not isinstance(loss_obj, LossFunctionWrapper):
-        return None
-    cls = type(loss_obj)
-    if cls.call is not LossFunctionWrapper.call or cls.__call__ is not Loss.__call__:
-        return None
-    fn = loss_obj.fn
-    if getattr(fn, "__module__", "") != "tf_keras.src.losses":
-        return None
-    name = getattr(fn, "__name__", None)
-    return name if name in BUILTIN_LOSS_FUNCTIONS else None
+    return builtin_fn_name(loss_obj, Loss, LossFunctionWrapper, "tf_keras.src.losses", BUILTIN_LOSS_FUNCTIONS)
 
 
 def _is_builtin_regularizer(reg) -> bool:
-    if reg is None:
-        return False
-    cls = type(reg)
-    return cls.__module__ == "tf_keras.src.regularizers" and cls.__name__ in BUILTIN_REGULARIZERS
-
-
-def _reg_config(reg):
-    if reg is None:
-        return None
-    try:
-        return _jsonable(reg.get_config())
-    except Exception:
-        return None
-
-
-def _call_regularizer(reg, tensor):
-    return np.array(reg(tensor))
+    return is_builtin_regularizer(reg, "tf_keras.src.regularizers", BUILTIN_REGULARIZERS)
 
 
 def _elementwise_user_loss(loss_obj, y_t, y_p):
@@ -630,43 +606,24 @@ def _elementwise_user_loss(loss_obj, y_t, y_p):
     return np.array(values), _np(getattr(values, "_keras_mask", None))
 
 
-def _all_metrics(model):
-    try:
-        return list(model.metrics)
-    except Exception:
-        return []
-
-
 # ---------------------------------------------------------------- state snapshot
-class ModelState:
+class ModelState(VariableSnapshot):
     """Every variable a forward pass or a train step can touch, by value (weights, BatchNorm
-    statistics, optimizer variables including `iterations`, metric state, stateful RNG generators)."""
+    statistics, optimizer variables including `iterations`, metric state, stateful RNG generators),
+    and the Python op-seed counters of seeded layers."""
 
     def __init__(self, model):
-        self.model = model
-        self.variables = _stateful_variables(model)
-        self.values = [np.array(v.numpy(), copy=True) for v in self.variables]
-        self.metric_ids = {id(m) for m in _all_metrics(model)}
+        super().__init__(model, _stateful_variables(model))
         # backend.RandomGenerator with a user seed counts its legacy op seeds in Python (make_legacy_seed)
         self.seeds = [(g, g._seed) for g in _random_generators(model)]
 
     def restore(self):
-        for v, value in zip(self.variables, self.values):
-            v.assign(value)
+        super().restore()
         for g, seed in self.seeds:
             g._seed = seed
-        for m in _all_metrics(self.model):
-            if id(m) not in self.metric_ids:
-                m.reset_state()  # built lazily during our run: back to its initial state
 
     def identical(self) -> bool:
-        if any(g._seed != seed for g, seed in self.seeds):
-            return False
-        for v, value in zip(self.variables, self.values):
-            now = np.array(v.numpy())
-            if now.dtype != value.dtype or now.shape != value.shape or now.tobytes() != value.tobytes():
-                return False
-        return True
+        return all(g._seed == seed for g, seed in self.seeds) and super().identical()
 
 
 def _random_generators(model):

@@ -7,7 +7,6 @@ the template only adds conveniences (expand/collapse all).
 from __future__ import annotations
 
 import functools
-import html
 import json
 import platform
 import sys
