@@ -251,17 +251,42 @@ def _get(obj, name, default=None):
     return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
+CONTEXT_LINES = 3  # shown around each highlighted line; longer stretches between are folded
+MIN_FOLD = 5
+
+
 def _code_view(lines):
+    """Rows for a code block: the lines that matter, with context; other stretches folded.
+
+    The whole function is highlighted first (so the lexer sees docstrings whole), then
+    runs of at least MIN_FOLD lines away from any highlighted line become one fold row.
+    """
     lines = list(lines or [])
     htmls = highlight_lines(lines) if lines else []
-    out = []
-    for line, code in zip(lines, htmls):
-        out.append({
-            "number": _get(line, "number"),
-            "html": code,
-            "highlight": bool(_get(line, "highlight")),
-            "note": _get(line, "note"),
-        })
+    marked = [i for i, line in enumerate(lines) if _get(line, "highlight")]
+    keep = set(range(min(2, len(lines)))) | {len(lines) - 1}
+    for i in marked:
+        keep.update(range(max(0, i - CONTEXT_LINES), min(len(lines), i + CONTEXT_LINES + 1)))
+    if not marked:
+        keep = set(range(len(lines)))
+    out, i = [], 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) and j not in keep:
+            j += 1
+        if j - i >= MIN_FOLD:
+            out.append({"fold": j - i, "first": _get(lines[i], "number"), "last": _get(lines[j - 1], "number")})
+            i = j
+            continue
+        for k in range(i, max(j, i + 1)):
+            out.append({
+                "fold": None,
+                "number": _get(lines[k], "number"),
+                "html": htmls[k],
+                "highlight": bool(_get(lines[k], "highlight")),
+                "note": _get(lines[k], "note"),
+            })
+        i = max(j, i + 1)
     return out
 
 
