@@ -14,11 +14,18 @@ L1/L2/L1L2/Orthogonal kernel and activity regularizers, SGD/Adam/RMSprop built o
 not. The batch is lossmap's synthetic one or an .npz written here with valid labels
 for each loss and sample weights for some outputs.
 
-Every loss leads one parametrized case (so each is covered however short the run);
-each case has its own fixed seed, so CI is reproducible. CI runs 51 examples
-(3 per loss) plus 4 fixed regression cases: 55 s on 2 CPU cores (Keras 3.15.1,
-TensorFlow 2.21). LOSSMAP_PROPERTY_EXAMPLES=N runs about N examples instead,
-shared out between the 17 cases (340 take about 6 minutes).
+The same specs run on tf_keras 2.x too (skipped if tf_keras is not installed), restricted
+by `for_tf_keras` to what both engines express the same way: no "mean_with_sample_weight"
+reduction (tf_keras lacks it), no non-scalar add_loss (an engine difference), no activity
+OrthogonalRegularizer by rows (tf_keras cannot build it); everything else is shared.
+
+Every loss leads one parametrized case per engine (so each is covered however short the
+run); each case has its own fixed seed, so CI is reproducible, and the tf_keras case draws
+the same specs as the Keras 3 one. CI runs 51 Keras 3 examples (3 per loss), 34 tf_keras
+examples (2 per loss) and 4 fixed regression cases in each engine: about 56 s on 2 CPU
+cores (Keras 3.15.1, tf_keras 2.21, TensorFlow 2.21). LOSSMAP_PROPERTY_EXAMPLES=N runs about
+N Keras 3 examples and 2N/3 tf_keras ones instead, shared out between the 17 cases (340
+take about 8 minutes).
 """
 import os
 import pathlib
@@ -31,6 +38,8 @@ pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+
+ENGINES = ("keras3", "tf_keras")
 
 REDUCTIONS = ("sum_over_batch_size", "sum", "mean_with_sample_weight")
 
@@ -64,6 +73,8 @@ LABELS = {
 # LOSSMAP_PROPERTY_EXAMPLES is the total, shared out between the cases.
 TOTAL_EXAMPLES = int(os.environ.get("LOSSMAP_PROPERTY_EXAMPLES", "51"))
 EXAMPLES_PER_LOSS = max(1, -(-TOTAL_EXAMPLES // len(LOSSES)))
+# tf_keras runs two thirds as many (at least one per loss): the first of the same draws.
+TF_KERAS_EXAMPLES_PER_LOSS = max(1, 2 * EXAMPLES_PER_LOSS // 3)
 
 CLASSIFIERS = {"sparse_categorical_crossentropy", "categorical_crossentropy",
                "categorical_focal_crossentropy", "categorical_hinge", "kl_divergence",
@@ -197,6 +208,37 @@ def model_specs(draw, lead_loss=None):
     }
 
 
+def for_tf_keras(spec):
+    """`spec` restricted to what tf_keras 2.x expresses the same way (a copy; `spec` unchanged).
+
+    Every loss class of LOSSES exists in tf_keras with the arguments drawn here (delta,
+    from_logits, label_smoothing, gamma, alpha, apply_class_balancing), and so do the L1/L2/
+    L1L2/Orthogonal regularizers, BatchNormalization, Dropout, sample weights and list/dict
+    inputs and outputs. Two features differ by engine, not by lossmap:
+    - tf_keras has no "mean_with_sample_weight" reduction (its Reduction is auto/none/sum/
+      sum_over_batch_size): such a loss gets "sum_over_batch_size";
+    - a non-scalar `add_loss` tensor is summed by Keras 3 but fails in tf_keras's add_n with
+      the scalar losses (ENGINE_DIFF, see test_tf_keras.py): it becomes a scalar add_loss.
+    """
+    spec = dict(spec, outputs=[dict(o, kwargs=dict(o["kwargs"])) for o in spec["outputs"]])
+    for o in spec["outputs"]:
+        if o["kwargs"].get("reduction") == "mean_with_sample_weight":
+            o["kwargs"]["reduction"] = "sum_over_batch_size"
+    if spec["add_loss"] == "tensor":
+        spec["add_loss"] = "scalar"
+    # - tf_keras's OrthogonalRegularizer needs static row/column counts (tf.eye(num_rows)): as an
+    #   activity regularizer in mode "rows" (the batch, None while the functional model is built)
+    #   the model cannot even be built in tf_keras; it is regularized by columns instead.
+    def activity(reg, units):
+        if reg is not None and reg[0] == "OrthogonalRegularizer" and reg[1]["mode"] == "rows":
+            return (reg[0], dict(reg[1], mode="columns")) if units >= 2 else None
+        return reg
+    spec["trunk_activity_regularizer"] = activity(spec["trunk_activity_regularizer"], spec["hidden"])
+    for o in spec["outputs"]:
+        o["activity_regularizer"] = activity(o["activity_regularizer"], o["units"])
+    return spec
+
+
 # ---------------------------------------------------------------- building
 def _regularizer(keras, spec):
     if spec is None:
@@ -220,7 +262,13 @@ def _loss_object(keras, name, kwargs):
 
 
 def _add_loss_layer_class(keras):
-    ops = keras.ops
+    if hasattr(keras, "ops"):
+        ops = keras.ops
+    else:  # tf_keras: TensorFlow ops
+        import tensorflow as tf
+
+        class ops:
+            mean, square, abs = staticmethod(tf.reduce_mean), staticmethod(tf.square), staticmethod(tf.abs)
 
     class AddLossLayer(keras.layers.Layer):
         def __init__(self, coeff, scalar, **kwargs):
@@ -238,9 +286,17 @@ def _add_loss_layer_class(keras):
     return AddLossLayer
 
 
-def build_model(spec):
+def _module(engine):
+    if engine == "tf_keras":
+        import tf_keras
+        return tf_keras
     import keras
+    return keras
 
+
+def build_model(spec, engine="keras3"):
+    """The compiled model of `spec`, built with `keras` (Keras 3) or `tf_keras` (2.x)."""
+    keras = _module(engine)
     keras.utils.set_random_seed(spec["seed"])
     input_names = ["feat_z", "feat_a"][: len(spec["input_dims"])]
     inputs = [keras.Input((d,), name=n) for n, d in zip(input_names, spec["input_dims"])]
@@ -299,10 +355,11 @@ def build_model(spec):
         optimizer.build(model.trainable_variables)
         rng = np.random.default_rng(spec["seed"])
         for v in optimizer.variables:  # non-trivial optimizer state to be kept intact
-            if v.dtype == "float32":
+            dtype = np.dtype(getattr(v.dtype, "as_numpy_dtype", v.dtype))  # tf_keras: a tf.DType
+            if dtype == np.float32:
                 v.assign(rng.uniform(0.0, 0.1, v.shape).astype("float32"))
             else:
-                v.assign(np.asarray(rng.integers(1, 50), v.dtype))
+                v.assign(np.asarray(rng.integers(1, 50), dtype))
     return model
 
 
@@ -346,8 +403,10 @@ def write_batch(spec, path):
 # ---------------------------------------------------------------- the property
 def _snapshot(model):
     weights = [np.array(w, copy=True) for w in model.get_weights()]
-    opt = [(v.path, np.array(v.numpy(), copy=True)) for v in model.optimizer.variables]
-    return weights, opt, model.optimizer.built
+    # Keras 3 variables have a path, tf_keras ones (tf.Variable) a name; tf_keras optimizers
+    # have no `built`: their variable list (iteration only until built) tells it.
+    opt = [(getattr(v, "path", None) or v.name, np.array(v.numpy(), copy=True)) for v in model.optimizer.variables]
+    return weights, opt, getattr(model.optimizer, "built", None)
 
 
 def _same_arrays(a, b):
@@ -355,18 +414,18 @@ def _same_arrays(a, b):
         x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(a, b))
 
 
-def check_spec(spec, tmp_dir):
-    """The property, for one model spec."""
-    import keras
-
+def check_spec(spec, tmp_dir, engine="keras3"):
+    """The property, for one model spec, in one engine."""
     import lossmap
 
+    keras = _module(engine)
     keras.backend.clear_session()  # one model per example: keep memory flat
-    model = build_model(spec)
+    model = build_model(spec, engine)
     batch = write_batch(spec, tmp_dir / "batch.npz") if spec["use_file"] else None
     weights_before, opt_before, built_before = _snapshot(model)
 
     analysis = lossmap.analyse(model, batch, batch_size=spec["batch_size"], seed=spec["seed"])
+    assert analysis.model.engine == engine
 
     weights_after, opt_after, built_after = _snapshot(model)
     total = analysis.total
@@ -403,6 +462,24 @@ def test_reproduced_total_matches_keras(lead_loss, tmp_path):
     check()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("lead_loss", LOSSES)
+def test_reproduced_total_matches_tf_keras(lead_loss, tmp_path):
+    # The same specs (same seeds, so the same draws) as in Keras 3, restricted by `for_tf_keras`;
+    # fewer of them, to keep the file's CI time down.
+    pytest.importorskip("tf_keras")
+
+    @seed(LOSSES.index(lead_loss))
+    @settings(max_examples=TF_KERAS_EXAMPLES_PER_LOSS, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(spec=model_specs(lead_loss).map(for_tf_keras))
+    def check(spec):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as tmp_dir:
+            check_spec(spec, pathlib.Path(tmp_dir), engine="tf_keras")
+
+    check()
+
+
 # ---------------------------------------------------------------- found by the property
 def _fixed_spec(structure, container, outputs, use_file=False, **extra):
     base_output = {"layer_name": None, "kwargs": {"reduction": "sum_over_batch_size"}, "units": 2,
@@ -420,12 +497,16 @@ def _fixed_spec(structure, container, outputs, use_file=False, **extra):
     return spec
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("container", ["list", "dict"])
 @pytest.mark.parametrize("use_file", [False, True])
-def test_one_output_given_as_a_list(container, use_file, tmp_path):
+def test_one_output_given_as_a_list(container, use_file, engine, tmp_path):
     """`keras.Model(x, [y])` returns the bare tensor (Functional.call unpacks a singleton):
-    lossmap used to index it with the list path (0,), i.e. take the first sample's row."""
+    lossmap used to index it with the list path (0,), i.e. take the first sample's row.
+    tf_keras's Functional unpacks it too (its `_nested_outputs` is the bare tensor)."""
+    if engine == "tf_keras":
+        pytest.importorskip("tf_keras")
     spec = _fixed_spec("list", container, [{"name": "zeta", "loss": "binary_crossentropy",
                                             "activation": "sigmoid", "sample_weight": "uniform" if use_file else None}],
                        use_file=use_file)
-    check_spec(spec, tmp_path)
+    check_spec(spec, tmp_path, engine)

@@ -192,6 +192,24 @@ def test_an_output_without_a_loss_in_both_engines(engine, tmp_path):
     check_total(a, 0.5)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("container", ["list", "dict"])
+def test_one_output_given_as_a_list_in_both_engines(engine, container, tmp_path):
+    """`Model(x, [y])`: both engines' Functional unpack a singleton output list (model(x) is the bare
+    tensor), so the output is a single one, scored by the list's or dict's only loss; lossmap must not
+    index the tensor with the list path (0,) (the Keras 3 engine once took the first sample's row)."""
+    k = MODULES[engine]
+    inp = k.Input((2,), name="x")
+    out = k.layers.Dense(2, use_bias=False, name="lin")(inp)
+    model = k.Model(inp, [out], name="one_in_a_list")
+    model.get_layer("lin").set_weights([W_LIN])
+    model.compile(optimizer=k.optimizers.SGD(learning_rate=0.1),
+                  loss=["mse"] if container == "list" else {"lin": "mse"})
+    a = run(model, tmp_path, engine, x=X_LIN, y=Y_LIN, sample_weight=SW_LIN)
+    assert [t.id for t in a.terms] == ["compiled/lin"]
+    check_total(a, 3.375 / 3)  # sum(sw * mse) / 3, over all three samples
+
+
 # ---------------------------------------------------------------- verification and state, tf_keras specifics
 def busy_model(k):
     """BatchNorm statistics, a seeded Dropout (tf_keras counts its op seeds in Python), Adam already built."""
