@@ -13,6 +13,16 @@ from __future__ import annotations
 
 import libcst.matchers as m
 
+from lossmap.engines.anchor_kit import (
+    self_attr as _self_attr,
+    assign_to as _assign_to,
+    number as _n,
+    compiled as _compiled,
+    extra as _extra,
+    of_kind as _kind,
+    reduction as _reduction,
+    findings as _findings,
+)
 from lossmap.sources import Anchor, Stmt
 
 TRAINER = "keras.src.trainers.trainer"
@@ -28,16 +38,10 @@ MEANS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 
 
 # ---------------------------------------------------------------- matcher shorthands
-def _self_attr(name):
-    return m.Attribute(value=m.Name("self"), attr=m.Name(name))
 
 
 def _ops(name):
     return m.Call(func=m.Attribute(value=m.Name("ops"), attr=m.Name(name)))
-
-
-def _assign_to(name, value=m.DoNotCare()):
-    return m.Assign(targets=[m.AssignTarget(target=m.Name(name))], value=value)
 
 
 def _calls(name):
@@ -50,32 +54,10 @@ def _method_call(obj, name):
 
 
 # ---------------------------------------------------------------- reading the analysis
-def _n(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float) and v != v:
-        return "NaN"
-    return f"{v:.4g}"
-
-
-def _compiled(a):
-    return [t for t in a.terms if t.kind == "compiled"]
-
-
-def _extra(a):
-    return [t for t in a.terms if t.kind != "compiled"]
-
-
-def _kind(a, kind):
-    return [t for t in a.terms if t.kind == kind]
 
 
 def _name(t) -> str:
     return t.output or t.id
-
-
-def _reduction(t):
-    return (t.config or {}).get("reduction")
 
 
 def _user_call(t) -> bool:
@@ -97,10 +79,6 @@ def _masked(a):
 
 def _weighted(a):
     return [t for t in _via_loss_call(a) if _has_step(t, "sample_weight")]
-
-
-def _findings(a, *codes):
-    return [f for f in a.findings if f.code in codes]
 
 
 LIST_LIMIT = 8  # a note lists at most this many items, then says how many more

@@ -13,6 +13,16 @@ from __future__ import annotations
 
 import libcst.matchers as m
 
+from lossmap.engines.anchor_kit import (
+    self_attr as _self_attr,
+    assign_to as _assign_to,
+    number as _n,
+    compiled as _compiled,
+    extra as _extra,
+    of_kind as _kind,
+    reduction as _reduction,
+    findings as _findings,
+)
 from lossmap.sources import Anchor, Stmt
 
 TRAINING = "tf_keras.src.engine.training"
@@ -24,12 +34,6 @@ BACKEND = "tf_keras.src.backend"
 
 
 # ---------------------------------------------------------------- matcher shorthands
-def _self_attr(name):
-    return m.Attribute(value=m.Name("self"), attr=m.Name(name))
-
-
-def _assign_to(name, value=m.DoNotCare()):
-    return m.Assign(targets=[m.AssignTarget(target=m.Name(name))], value=value)
 
 
 def _method_call(obj, name, **kw):
@@ -49,32 +53,10 @@ def _utils(name, **kw):
 
 
 # ---------------------------------------------------------------- reading the analysis
-def _n(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float) and v != v:
-        return "NaN"
-    return f"{v:.4g}"
-
-
-def _compiled(a):
-    return [t for t in a.terms if t.kind == "compiled"]
-
-
-def _extra(a):
-    return [t for t in a.terms if t.kind != "compiled"]
-
-
-def _kind(a, kind):
-    return [t for t in a.terms if t.kind == kind]
 
 
 def _name(t):
     return t.output or t.id
-
-
-def _reduction(t):
-    return (t.config or {}).get("reduction")
 
 
 def _user_call(t) -> bool:
@@ -94,10 +76,6 @@ def _list(parts, sep=", ", limit=8) -> str:
     if len(parts) > limit:
         parts = parts[:limit - 1] + [f"... and {len(parts) - limit + 1} more"]
     return sep.join(parts)
-
-
-def _findings(a, *codes):
-    return [f for f in a.findings if f.code in codes]
 
 
 # ---------------------------------------------------------------- notes
