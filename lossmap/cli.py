@@ -224,9 +224,9 @@ def exit_code(analysis, fail_on="error") -> int:
 
 
 def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    from lossmap.quiet import quiet_environment
+
+    quiet_environment()
 
 
 class _stdout_to_stderr:

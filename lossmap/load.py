@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from lossmap.errors import UserError
+from lossmap.quiet import import_tensorflow
 
 
 ENGINES = ("auto", "keras3", "tf_keras")
@@ -231,6 +232,7 @@ def engine_for(requested: str = "auto", metadata: Optional[dict] = None, obj: An
 
 
 def make_engine(name: str):
+    import_tensorflow()
     if name == "tf_keras":
         from lossmap.engines.tf_keras import TfKerasEngine
 
@@ -260,6 +262,8 @@ def load(model, *, imports=(), unsafe=False, engine="auto", keras_module=None) -
             raise UserError(f"expected a Keras model, got {type(model).__name__}")
         return Loaded(model, eng, f"<live model {model.name}>", None, owned=False, engine_reason=eng.reason)
     spec = os.fspath(model)
+    if imports or (not os.path.exists(spec) and is_factory_spec(spec)):
+        import_tensorflow()  # before user code, which imports it too: TensorFlow talks on fd 2 at import
     import_modules(imports)
     if not os.path.exists(spec) and is_factory_spec(spec):
         built = _call_factory(spec, keras_module)
