@@ -1,0 +1,131 @@
+"""The recorder the instrumented step calls as `__lm__`: it keeps what it sees and changes nothing.
+
+Each method returns its argument (or the result of the call it was handed) untouched,
+so the instrumented step computes what the original computes. Tapes are made
+persistent, which changes no value, so that every term's gradient can be taken later on
+the same tape the user differentiated with.
+"""
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+@dataclass
+class GradientRecord:
+    """One `<tape>.gradient(target, sources)` as it ran."""
+
+    tape: Any
+    target: Any
+    sources: list  # flattened
+    structure: Any  # the sources as passed (for the result's structure)
+    result: Any
+    inside: tuple = ()  # indices of the tapes recording when it was called
+
+
+@dataclass
+class KerasCall:
+    """A call of `compute_loss` / `compiled_loss`: its arguments and, from the engine, its expansion."""
+
+    fn: Any
+    args: tuple
+    kwargs: dict
+    result: Any
+    expansion: Any = None  # what the engine made of it (terms and their tensors), or None
+    error: Optional[str] = None  # why it could not be expanded
+
+
+@dataclass
+class Recorder:
+    """`__lm__`: what one run of the instrumented step computed, addend by addend."""
+
+    expand_keras: Optional[Callable] = None  # engine hook: (KerasCall) -> expansion, inside the tape
+    tapes: dict = field(default_factory=dict)  # tape index -> tape
+    user_persistent: dict = field(default_factory=dict)  # tape index -> what the user asked for
+    open_tapes: list = field(default_factory=list)
+    gradients: dict = field(default_factory=dict)  # gradient index -> GradientRecord
+    values: dict = field(default_factory=dict)  # addend id -> value
+    coefs: dict = field(default_factory=dict)  # coefficient id -> value
+    factors: dict = field(default_factory=dict)  # addend id -> {side: value}
+    keras_calls: dict = field(default_factory=dict)  # addend id -> KerasCall
+    losses_lists: dict = field(default_factory=dict)  # addend id -> list read from model.losses
+    returned: Any = None
+    returned_set: bool = False
+    counts: Counter = field(default_factory=Counter)  # ("value", id) -> times evaluated
+
+    # ------------------------------------------------------------ tapes and gradients
+    def tape(self, index, factory, *args, **kwargs):
+        bound = inspect.signature(factory).bind_partial(*args, **kwargs).arguments
+        self.user_persistent[index] = bool(bound.get("persistent", False))
+        bound["persistent"] = True
+        made = factory(**bound)
+        self.tapes[index] = made
+        return _TapeContext(self, index, made)
+
+    def gradient(self, index, tape, target, sources, *args, **kwargs):
+        import tensorflow as tf
+
+        result = tape.gradient(target, sources, *args, **kwargs)
+        self.gradients[index] = GradientRecord(
+            tape=tape, target=target, sources=list(tf.nest.flatten(sources)), structure=sources, result=result,
+            inside=tuple(self.open_tapes))
+        self.counts[("gradient", index)] += 1
+        return result
+
+    # ------------------------------------------------------------ addends
+    def value(self, ids, value):
+        for i in ids:
+            self.values[i] = value
+            self.counts[("value", i)] += 1
+        return value
+
+    def coef(self, index, value):
+        self.coefs[index] = value
+        return value
+
+    def factor(self, ids, side, value):
+        for i in ids:
+            self.factors.setdefault(i, {})[side] = value
+        return value
+
+    def keras_loss(self, ids, fn, *args, **kwargs):
+        result = fn(*args, **kwargs)
+        call = KerasCall(fn, args, kwargs, result)
+        if self.expand_keras is not None:
+            try:
+                call.expansion = self.expand_keras(call)
+            except Exception as exc:  # reported as a finding: the call stays one term
+                call.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        for i in ids:
+            self.keras_calls[i] = call
+            self.values[i] = result
+            self.counts[("value", i)] += 1
+        return result
+
+    def losses(self, ids, value):
+        for i in ids:
+            self.losses_lists[i] = list(value)
+        return value
+
+    def returned_value(self, value):
+        self.returned = value
+        self.returned_set = True
+        return value
+
+
+class _TapeContext:
+    """The user's `with tape:`: the persistent tape, and which tapes are open (for nested tapes)."""
+
+    def __init__(self, recorder: Recorder, index: int, tape):
+        self.recorder, self.index, self.tape = recorder, index, tape
+
+    def __enter__(self):
+        entered = self.tape.__enter__()
+        self.recorder.open_tapes.append(self.index)
+        return entered
+
+    def __exit__(self, *exc):
+        self.recorder.open_tapes.remove(self.index)
+        return self.tape.__exit__(*exc)

@@ -1,0 +1,412 @@
+"""Split each differentiated loss of a step into addends, following assignments back from the target.
+
+Rules (each is structure, read with libcst; nothing is guessed from names):
+- `a + b`, `a - b`, `-a`, `a += b`, `a -= b` split; a subtracted addend gets a negative weight;
+- `c * x`, `x * c`, `x / c` make `c` a coefficient when `c` is a number, or a name the step
+  does not compute (a parameter with a default, a global, `self.alpha`); a coefficient
+  distributes over a sum (`0.5 * (a + b)` gives two addends). When both factors could be
+  the coefficient, the run decides (`undecided`): a Python number, a NumPy scalar or a
+  non-trainable variable is one;
+- `tf.add_n([...])`, `sum([...])`, `tf.reduce_sum([...])` split into their elements;
+- `tf.reduce_sum(model.losses)`, `sum(self.losses)`, `tf.add_n(model.losses)` become one
+  `model_losses` addend, expanded later into regularizer, activity and add_loss terms;
+- calls of `compute_loss`, `compiled_loss` or `_compute_loss` become one `keras_loss` addend,
+  expanded later into the compile-time inventory;
+- a name is followed to the statement that last bound it before its use, when that
+  statement is not inside a loop or branch the use is not in; otherwise it is one addend
+  with the reason it was not split further.
+
+    >>> from lossmap.steps.read import read_source
+    >>> step = read_source('''
+    ... def train_step(self, data):
+    ...     x, y = data
+    ...     with tf.GradientTape() as tape:
+    ...         y_pred = self(x, training=True)
+    ...         data_loss = self.compute_loss(x, y, y_pred)
+    ...         loss_x = tf.reduce_mean(tf.square(y_pred - x))
+    ...         total = data_loss + self.a * loss_x - 0.5 * (l1 + l2)
+    ...     grads = tape.gradient(total, self.trainable_variables)
+    ...     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    ... ''', "train_step")
+    >>> [(a.kind, a.expression, a.literal) for a in split(step).addends]
+    [('keras_loss', 'self.compute_loss(x, y, y_pred)', 1.0), ('custom', 'self.a * loss_x', 1.0), ('custom', '-0.5 * l1', -0.5), ('custom', '-0.5 * l2', -0.5)]
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import libcst as cst
+
+from lossmap.steps.read import Statement, StepSource, dotted, last_name, names_read, positional
+
+SUM_CALLS = ("add_n", "sum", "reduce_sum", "fsum")
+KERAS_LOSS_METHODS = ("compute_loss", "compiled_loss", "_compute_loss")
+MAX_DEPTH = 40  # names followed back through at most this many assignments
+
+
+@dataclass
+class Coefficient:
+    id: int
+    text: str
+    line: int
+    node: Optional[cst.CSTNode]  # recorded at run time; None for a number in the source
+    literal: Optional[float] = None
+
+
+@dataclass
+class Addend:
+    id: int
+    objective: int
+    kind: str  # "custom" | "keras_loss" | "model_losses"
+    expression: str  # as the step writes it, coefficients included ("self.a * loss_x")
+    value_text: str  # the value alone ("loss_x")
+    name: str  # short name for the term id
+    line: int  # where the addend appears in the sum
+    value_line: int  # where its value is computed
+    statement: int  # the statement holding `value_node`
+    literal: float  # sign and numeric coefficients multiplied
+    factors: list  # [(coefficient id, "mul" | "div")]: coefficients known at run time
+    value_node: cst.CSTNode
+    undecided: Optional[tuple] = None  # (left, right) factors of a product the run decides between
+    keras_method: Optional[str] = None
+    reason: Optional[str] = None  # why this addend was not split further
+
+
+@dataclass
+class Objective:
+    id: int
+    gradient: object  # read.GradientCall
+    addends: list = field(default_factory=list)  # addend ids
+
+
+@dataclass
+class Split:
+    objectives: list
+    addends: list
+    coefficients: list
+
+    def addend(self, addend_id: int) -> Addend:
+        return self.addends[addend_id]
+
+
+@dataclass
+class _Context:
+    objective: int
+    statement: int  # where the expression being split is
+    literal: float = 1.0
+    factors: tuple = ()
+    coef_texts: tuple = ()  # (text, op) for the expression shown
+    depth: int = 0
+
+
+class _Splitter:
+    def __init__(self, step: StepSource):
+        self.step = step
+        self.addends: list = []
+        self.coefficients: list = []
+        self._coef_by_node: dict = {}
+
+    # ------------------------------------------------------------ entry
+    def objective(self, g, objective_id: int) -> list:
+        ctx = _Context(objective=objective_id, statement=g.statement)
+        return self.expand(g.target, ctx)
+
+    def expand(self, node, ctx: _Context) -> list:
+        if ctx.depth > MAX_DEPTH:
+            return [self.leaf(node, ctx, reason="the sum is nested too deeply to follow")]
+        for rule in (self._unary, self._add, self._product, self._sum_call, self._keras_loss,
+                     self._model_losses, self._name):
+            out = rule(node, ctx)
+            if out is not None:
+                return out
+        return [self.leaf(node, ctx)]
+
+    # ------------------------------------------------------------ rules: each returns None when it does not apply
+    def _unary(self, node, ctx):
+        if not isinstance(node, cst.UnaryOperation):
+            return None
+        if isinstance(node.operator, cst.Minus):
+            return self.expand(node.expression, _scaled(ctx, -1.0, ("-", "neg")))
+        if isinstance(node.operator, cst.Plus):
+            return self.expand(node.expression, ctx)
+        return None
+
+    def _add(self, node, ctx):
+        if not isinstance(node, cst.BinaryOperation) or not isinstance(node.operator, (cst.Add, cst.Subtract)):
+            return None
+        right = ctx if isinstance(node.operator, cst.Add) else _scaled(ctx, -1.0, ("-", "neg"))
+        return self.expand(node.left, _deeper(ctx)) + self.expand(node.right, _deeper(right))
+
+    def _product(self, node, ctx):
+        if not isinstance(node, cst.BinaryOperation) or not isinstance(node.operator, (cst.Multiply, cst.Divide)):
+            return None
+        left, right = node.left, node.right
+        if isinstance(node.operator, cst.Divide):
+            if self._coefficient_kind(right, ctx) in ("number", "outside"):
+                return self.expand(left, self._with_coefficient(right, "div", ctx))
+            return None
+        kinds = (self._coefficient_kind(left, ctx), self._coefficient_kind(right, ctx))
+        for coef, value, (k_coef, k_value) in ((left, right, kinds), (right, left, kinds[::-1])):
+            if k_coef == "number" and k_value != "number":
+                return self.expand(value, self._with_coefficient(coef, "mul", ctx))
+        for coef, value, (k_coef, k_value) in ((left, right, kinds), (right, left, kinds[::-1])):
+            if k_coef == "outside" and k_value == "computed":
+                return self.expand(value, self._with_coefficient(coef, "mul", ctx))
+        if "computed" in kinds and kinds != ("computed", "computed"):
+            return None
+        # both factors could be the coefficient: one addend, the run decides which is which
+        return [self.leaf(node, ctx, undecided=(left, right))]
+
+    def _sum_call(self, node, ctx):
+        if not isinstance(node, cst.Call) or last_name(node.func) not in SUM_CALLS:
+            return None
+        arg = positional(node, 0)
+        if isinstance(arg, (cst.List, cst.Tuple)) and len(node.args) == 1 and arg.elements and \
+                not any(isinstance(el, cst.StarredElement) for el in arg.elements):
+            out = []
+            for el in arg.elements:
+                out += self.expand(el.value, _deeper(ctx))
+            return out
+        return None
+
+    def _keras_loss(self, node, ctx):
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and \
+                node.func.attr.value in KERAS_LOSS_METHODS:
+            return [self.leaf(node, ctx, kind="keras_loss", keras_method=node.func.attr.value)]
+        return None
+
+    def _model_losses(self, node, ctx):
+        if isinstance(node, cst.Call) and last_name(node.func) in SUM_CALLS and len(node.args) >= 1:
+            arg = positional(node, 0)
+            if isinstance(arg, cst.Attribute) and arg.attr.value == "losses":
+                return [self.leaf(node, ctx, kind="model_losses")]
+        return None
+
+    def _name(self, node, ctx):
+        if not isinstance(node, cst.Name):
+            return None
+        found = self.reaching_definition(node.value, ctx.statement)
+        if found is None:
+            return None  # a parameter or a name from outside: one addend where it is used
+        stmt, use = found
+        inner = _inner_blocks(stmt, use)
+        value = _assigned_value(stmt, node.value)
+        if value is None:
+            return [self.leaf(node, ctx, value_line=stmt.line)]
+        if inner:
+            keyword_, line = inner[0]
+            composite = self.splits(value, stmt.index) or isinstance(stmt.node, cst.AugAssign)
+            why = (f"accumulated in a `{keyword_}` loop (line {line}), which lossmap does not unroll"
+                   if keyword_ in ("for", "while") else f"assigned inside an `{keyword_}` block (line {line})")
+            return [self.leaf(node, ctx, value_line=stmt.line, reason=why if composite else None)]
+        at_def = replace(ctx, statement=stmt.index, depth=ctx.depth + 1)
+        if isinstance(stmt.node, cst.AugAssign):
+            op = stmt.node.operator
+            if isinstance(op, (cst.AddAssign, cst.SubtractAssign)):
+                right = at_def if isinstance(op, cst.AddAssign) else _scaled(at_def, -1.0, ("-", "neg"))
+                return self.expand(stmt.node.target, at_def) + self.expand(stmt.node.value, right)
+            return [self.leaf(node, ctx, value_line=stmt.line)]
+        if self.splits(value, stmt.index):
+            return self.expand(value, at_def)
+        return [self.leaf(node, ctx, value_line=stmt.line)]
+
+    def splits(self, node, statement: int, depth: int = 0) -> bool:
+        """Whether `node` opens into more than one addend (or a Keras loss to expand): a name bound to
+        a single scaled quantity (`loss_x = 0.5 * tf.reduce_mean(...)`) stays one term, named `loss_x`."""
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(node, cst.BinaryOperation):
+            if isinstance(node.operator, (cst.Add, cst.Subtract)):
+                return True
+            if isinstance(node.operator, (cst.Multiply, cst.Divide)):
+                return self.splits(node.left, statement, depth + 1) or self.splits(node.right, statement, depth + 1)
+            return False
+        if isinstance(node, cst.UnaryOperation):
+            return self.splits(node.expression, statement, depth + 1)
+        if isinstance(node, cst.Call):
+            return _is_composite(node)
+        if isinstance(node, cst.Name):
+            found = self.reaching_definition(node.value, statement)
+            if found is None or _inner_blocks(*found):
+                return False
+            stmt = found[0]
+            if isinstance(stmt.node, cst.AugAssign):
+                return isinstance(stmt.node.operator, (cst.AddAssign, cst.SubtractAssign))
+            value = _assigned_value(stmt, node.value)
+            return value is not None and self.splits(value, stmt.index, depth + 1)
+        return False
+
+    # ------------------------------------------------------------ pieces
+    def reaching_definition(self, name: str, before: int):
+        """The last statement before `before` that binds `name`, with the statement of the use."""
+        use = self.step.statements[before]
+        for stmt in reversed(self.step.statements[:before]):
+            if name in stmt.assigned:
+                return stmt, use
+        return None
+
+    def _coefficient_kind(self, node, ctx) -> str:
+        """"number" (in the source), "outside" (a value the step does not compute) or "computed"."""
+        if _number(node) is not None:
+            return "number"
+        root = node
+        while isinstance(root, (cst.Attribute, cst.Subscript)):
+            root = root.value
+        if isinstance(root, cst.Name) and not isinstance(node, cst.Call):
+            computed = root.value in self.step.locals and root.value not in _defaulted(self.step) \
+                and root.value not in ("self",)
+            return "computed" if computed else "outside"
+        return "computed"
+
+    def _with_coefficient(self, node, op, ctx) -> _Context:
+        number = _number(node)
+        text = self.step.code(node)
+        if number is not None:
+            value = number if op == "mul" else (1.0 / number if number else float("inf"))
+            return replace(ctx, literal=ctx.literal * value, coef_texts=ctx.coef_texts + ((text, op),),
+                           depth=ctx.depth + 1)
+        coef = self._coef_by_node.get(id(node))
+        if coef is None:
+            coef = Coefficient(len(self.coefficients), text, self.step.line_of(node), node)
+            self.coefficients.append(coef)
+            self._coef_by_node[id(node)] = coef
+        return replace(ctx, factors=ctx.factors + ((coef.id, op),), coef_texts=ctx.coef_texts + ((text, op),),
+                       depth=ctx.depth + 1)
+
+    def leaf(self, node, ctx, *, kind="custom", value_line=None, reason=None, undecided=None,
+             keras_method=None) -> Addend:
+        value_text = self.step.code(node)
+        line = self.step.line_of(node)
+        addend = Addend(
+            id=len(self.addends), objective=ctx.objective, kind=kind,
+            expression=_expression(ctx.coef_texts, value_text), value_text=value_text,
+            name=_short_name(node, value_text, kind, keras_method), line=line,
+            value_line=value_line or line, statement=ctx.statement, literal=ctx.literal,
+            factors=list(ctx.factors), value_node=node, undecided=undecided, keras_method=keras_method,
+            reason=reason)
+        self.addends.append(addend)
+        return addend
+
+
+def split(step: StepSource) -> Split:
+    """Every objective of `step` (a gradient call that trains variables), split into addends."""
+    splitter = _Splitter(step)
+    objectives = []
+    for g in step.gradients:
+        if g.kind != "objective":
+            continue
+        objective = Objective(id=len(objectives), gradient=g)
+        objective.addends = [a.id for a in splitter.objective(g, objective.id)]
+        objectives.append(objective)
+    return Split(objectives, splitter.addends, splitter.coefficients)
+
+
+# ---------------------------------------------------------------- helpers
+def _scaled(ctx: _Context, factor: float, text_op) -> _Context:
+    return replace(ctx, literal=ctx.literal * factor, coef_texts=ctx.coef_texts + (text_op,))
+
+
+def _deeper(ctx: _Context) -> _Context:
+    return replace(ctx, depth=ctx.depth + 1)
+
+
+def _number(node) -> Optional[float]:
+    """The value of a numeric literal (signs and arithmetic of literals included), else None."""
+    if isinstance(node, (cst.Integer, cst.Float)):
+        return float(ast.literal_eval(node.value))
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, (cst.Minus, cst.Plus)):
+        inner = _number(node.expression)
+        if inner is None:
+            return None
+        return -inner if isinstance(node.operator, cst.Minus) else inner
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Multiply, cst.Divide)):
+        a, b = _number(node.left), _number(node.right)
+        if a is None or b is None:
+            return None
+        return a * b if isinstance(node.operator, cst.Multiply) else (a / b if b else None)
+    return None
+
+
+def _defaulted(step: StepSource) -> set:
+    """Parameters with a default value: hyperparameters (`lam=0.1`), not batch tensors."""
+    params = step.function.params
+    return {p.name.value for p in list(params.params) + list(params.kwonly_params) if p.default is not None}
+
+
+def _is_composite(node) -> bool:
+    """An expression the splitter opens: a sum, a signed or scaled expression, a list sum, a Keras loss call."""
+    if isinstance(node, (cst.BinaryOperation, cst.UnaryOperation)):
+        return True
+    if isinstance(node, cst.Call):
+        name = last_name(node.func)
+        if name in SUM_CALLS:
+            arg = positional(node, 0)
+            return isinstance(arg, (cst.List, cst.Tuple)) or (isinstance(arg, cst.Attribute) and arg.attr.value == "losses")
+        return isinstance(node.func, cst.Attribute) and name in KERAS_LOSS_METHODS
+    return False
+
+
+def _assigned_value(stmt: Statement, name: str):
+    node = stmt.node
+    if isinstance(node, cst.Assign) and len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
+        return node.value
+    if isinstance(node, cst.AnnAssign) and isinstance(node.target, cst.Name) and node.value is not None:
+        return node.value
+    if isinstance(node, cst.AugAssign) and isinstance(node.target, cst.Name):
+        return node.value
+    return None  # tuple unpacking, `for` targets, ...: one value
+
+
+def _inner_blocks(stmt: Statement, use: Statement) -> tuple:
+    """The loops and branches around `stmt` that do not also enclose `use`."""
+    common = 0
+    while common < min(len(stmt.blocks), len(use.blocks)) and stmt.blocks[common] == use.blocks[common]:
+        common += 1
+    return stmt.blocks[common:]
+
+
+def _expression(coef_texts, value_text) -> str:
+    sign = ""
+    parts = []
+    for text, op in coef_texts:
+        if op == "neg":
+            sign = "" if sign else "-"
+        elif op == "mul":
+            parts.append(f"{text} * ")
+    tail = "".join(f" / {text}" for text, op in coef_texts if op == "div")
+    return f"{sign}{''.join(parts)}{value_text}{tail}"
+
+
+def _short_name(node, text, kind, keras_method) -> str:
+    if kind == "keras_loss":
+        return keras_method
+    if kind == "model_losses":
+        return "model.losses"
+    name = dotted(node)
+    if name is not None:
+        return name.split(".")[-1] if name.startswith("self.") else name
+    if isinstance(node, cst.Call):
+        called = dotted(node.func)
+        if called is not None:
+            return called.split(".")[-1]
+    cleaned = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in text)
+    return "_".join(p for p in cleaned.split("_") if p)[:40] or "term"
+
+
+def dependencies(step: StepSource, node, statement: int, limit: int = 200) -> list:
+    """The statements `node` (an expression at `statement`) depends on, nearest first."""
+    seen, out = set(), []
+    frontier = [(names_read(node), statement)]
+    while frontier and len(out) < limit:
+        names, before = frontier.pop()
+        for name in sorted(names):
+            for stmt in reversed(step.statements[:before]):
+                if name in stmt.assigned:
+                    if stmt.index not in seen:
+                        seen.add(stmt.index)
+                        out.append(stmt)
+                        frontier.append((stmt.reads, stmt.index))
+                    break
+    return out
