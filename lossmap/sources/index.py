@@ -225,7 +225,8 @@ class Definition:
         return self.line_range(self.node)[1]
 
     def gather(self, visitor: cst.CSTVisitor) -> cst.CSTVisitor:
-        """Run a read-only visitor over the definition; it visits the nodes `line_range` knows."""
+        """Run a read-only visitor over the definition and return it; it visits the very nodes
+        `line_range` knows (`get_metadata` is not available: no MetadataWrapper runs it)."""
         self.node.visit(visitor)
         return visitor
 
