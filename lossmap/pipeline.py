@@ -1,4 +1,4 @@
-"""The whole flow, one stage after another: load, batch, capture, reproduce, verify, findings.
+"""The whole flow, one stage after another: load, batch, capture, verify, attribute, findings, sources.
 
     >>> import lossmap
     >>> result = lossmap.analyse("model.keras")          # doctest: +SKIP
@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from lossmap import __version__
@@ -35,51 +36,109 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
     eng, m = loaded.engine, loaded.model
     info = eng.model_info(m, loaded.source, loaded.saved_with)
     info.engine_reason = loaded.engine_reason
-    state = eng.state(m)
-    clean = False  # True only right after a restore, with nothing run since: restoring again is a no-op
-    try:
+    runs = _SeededRuns(eng, m, seed)
+    with runs:
         sig = eng.signature(m)
-        if data is None:
-            batch = batch_module.synthetic(sig, batch_size, seed)
-        elif isinstance(data, (str, os.PathLike)):
-            batch = batch_module.from_file(os.fspath(data), sig)
-        else:
-            batch = batch_module.from_arrays(data, sig)
-        eng.seed_random(seed if seed is not None else 0)
-        capture = eng.capture(m, batch, sig, keep_tape=bool(gradients))
-        terms = _unique_ids(build_terms(capture, eng.rules))
-        state.restore()
-        clean = True
-        verification = None
-        if info.compiled:
-            clean = False
-            eng.seed_random(seed if seed is not None else 0)
-            verification = eng.verify_train_step(m, batch, sig)
-            state.restore()
-            clean = True
+        batch = _batch(data, sig, batch_size, seed)
+        capture, terms = _capture(runs, batch, sig, gradients)
+        verification = _verify(runs, batch, sig) if info.compiled else None
         attribution = None
         if gradients and terms:
-            clean = False
-            eng.seed_random(seed if seed is not None else 0)
-            limit = gradient_limit or gradients_module.DEFAULT_LIMIT
-            applied = verification.total_gradient if verification and not info.custom_train_step else None
-            acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit, total_gradient=applied,
-                                                 capture=capture)
-            attribution = gradients_module.summarise(acc, acc.finish(), eng.optimizer_name(m), limit, notes)
-    finally:
-        if not clean:
-            state.restore()
-    restored = state.identical()
+            attribution = _attribute(runs, batch, sig, terms, capture, verification, info, gradient_limit)
+    restored = runs.state.identical()
     if not info.compiled and not terms:
         raise UserError(f"model '{m.name}' is not compiled and has no losses (no add_loss, no "
                         "regularizers): there is nothing to explain; compile it with a loss")
+    analysis = Analysis(
+        lossmap_version=__version__,
+        model=info,
+        batch=BatchInfo(batch.source, batch.size, batch.seed),
+        terms=terms,
+        total=_total(eng, capture, terms, verification, rtol, atol),
+        findings=[],
+        state_restored=restored,
+        gradients=attribution,
+    )
+    _findings(analysis, eng, m, sig, capture, verification, engine_diffs)
+    if sources:
+        _sources(analysis, eng)
+    return analysis
+
+
+class _SeededRuns:
+    """The runs of one analysis on the model: each with the seed set, the model's state restored after it.
+
+    `with runs:` around them all restores once more on the way out, but only
+    when something ran (or failed) since the last restore: a restore writes
+    every variable back.
+    """
+
+    def __init__(self, eng, model, seed):
+        self.eng, self.model = eng, model
+        self.seed = seed if seed is not None else 0
+        self.state = eng.state(model)
+        self._clean = False  # not known to be clean yet: a failure before the first run restores too
+
+    @contextlib.contextmanager
+    def seeded(self):
+        self._clean = False
+        self.eng.seed_random(self.seed)
+        yield
+        # not reached when the run raises: the enclosing `with runs:` restores then
+        self.state.restore()
+        self._clean = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self._clean:
+            self.state.restore()
+
+
+def _batch(data, sig, batch_size, seed):
+    """The batch: synthetic, from a .npz file, or from arrays given in Python."""
+    if data is None:
+        return batch_module.synthetic(sig, batch_size, seed)
+    if isinstance(data, (str, os.PathLike)):
+        return batch_module.from_file(os.fspath(data), sig)
+    return batch_module.from_arrays(data, sig)
+
+
+def _capture(runs, batch, sig, gradients):
+    """One forward pass: every term as Keras computes it, and the terms built from them."""
+    with runs.seeded():
+        capture = runs.eng.capture(runs.model, batch, sig, keep_tape=bool(gradients))
+        return capture, _unique_ids(build_terms(capture, runs.eng.rules))
+
+
+def _verify(runs, batch, sig):
+    """A real train_step on the same batch."""
+    with runs.seeded():
+        return runs.eng.verify_train_step(runs.model, batch, sig)
+
+
+def _attribute(runs, batch, sig, terms, capture, verification, info, gradient_limit):
+    """What each term does to the weights: per-term gradients, summarised."""
+    eng, m = runs.eng, runs.model
+    with runs.seeded():
+        limit = gradient_limit or gradients_module.DEFAULT_LIMIT
+        # a custom train_step's applied gradient need not be these terms' sum: derive no term from it
+        applied = verification.total_gradient if verification and not info.custom_train_step else None
+        acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit, total_gradient=applied,
+                                             capture=capture)
+        return gradients_module.summarise(acc, acc.finish(), eng.optimizer_name(m), limit, notes)
+
+
+def _total(eng, capture, terms, verification, rtol, atol) -> Total:
+    """The reproduced total, compared with Keras's compute_loss and train_step."""
     rtol_, atol_ = tolerances(capture.dtype, rtol, atol)
     reproduced = reproduce_total(terms, eng.rules)
     keras_compute = scalar(capture.compute_loss)
     keras_step = verification.train_step if verification else None
     scale = sum(abs(t.contribution) for t in terms)
     diff, verified = compare(reproduced, [keras_compute, keras_step], scale, rtol_, atol_)
-    total = Total(
+    return Total(
         reproduced=reproduced,
         compute_loss=keras_compute,
         train_step=keras_step,
@@ -90,16 +149,10 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
         path=verification.path if verification else "eager (compute_loss only)",
         summation=eng.summation(),
     )
-    analysis = Analysis(
-        lossmap_version=__version__,
-        model=info,
-        batch=BatchInfo(batch.source, batch.size, batch.seed),
-        terms=terms,
-        total=total,
-        findings=[],
-        state_restored=restored,
-        gradients=attribution,
-    )
+
+
+def _findings(analysis, eng, m, sig, capture, verification, engine_diffs):
+    """The findings: the rules', the gradients', the engine differences, and the state check's."""
     analysis.findings = findings_module.collect(
         analysis, capture,
         frozen_regularized=eng.frozen_regularized_variables(m),
@@ -107,21 +160,18 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
         compute_loss_error=capture.compute_loss_error,
         train_step_error=verification.train_step_error if verification else None,
     )
-    if attribution is not None:
-        analysis.findings += gradients_module.findings(attribution, terms)
+    if analysis.gradients is not None:
+        analysis.findings += gradients_module.findings(analysis.gradients, analysis.terms)
     if engine_diffs or (engine_diffs is None and eng.name == "tf_keras"):
         from lossmap import engine_diff
 
         diffs = engine_diff.differences(analysis, capture, engine_diff.facts(eng, m, sig))
         analysis.findings += engine_diff.as_findings(diffs)
         analysis.engine_comparison = {"differences": diffs, "rows": None}
-    if not restored:
+    if not analysis.state_restored:
         analysis.findings.append(findings_module.Finding(
             "STATE_NOT_RESTORED", "error", None,
             "lossmap could not put the model's state back bit for bit (a lossmap bug: please report it)"))
-    if sources:
-        _sources(analysis, eng)
-    return analysis
 
 
 def _sources(analysis, eng):

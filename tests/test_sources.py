@@ -19,6 +19,7 @@ from keras import layers, ops, regularizers
 
 import lossmap
 from lossmap import pipeline, sources
+from lossmap.sources import index
 from lossmap.analysis import Term
 from lossmap.engines import keras3_anchors
 from lossmap.engines.keras3 import code_origin
@@ -153,7 +154,7 @@ def _resolve(module, qualname):
 @pytest.mark.parametrize("anchor", keras3_anchors.anchors(), ids=lambda a: a.key)
 def test_every_anchor_and_statement_is_found(anchor):
     """Each anchor with *all* its statements (whatever the model), at the lines inspect gives."""
-    stmts = [dataclasses.replace(sources._as_stmt(s), note=None, when=None) for s in anchor.statements]
+    stmts = [dataclasses.replace(sources.as_stmt(s), note=None, when=None) for s in anchor.statements]
     s = sources.locate(anchor.module, anchor.qualname, stmts, key=anchor.key)
     assert s.found, s.missing
     assert s.missing is None
@@ -444,7 +445,7 @@ def test_short_parse_and_whole_file_parse_agree(full, monkeypatch):
     """The fast path (each definition parsed alone) shows exactly what a whole-file libcst parse shows."""
     fast = sources.walkthrough(full, keras3_anchors.anchors())
     fast_sites = sources.user_call_sites(full)
-    monkeypatch.setattr(sources, "_FULL_PARSE", True)
+    monkeypatch.setattr(index, "_FULL_PARSE", True)
     slow = sources.walkthrough(full, keras3_anchors.anchors())
     slow_sites = sources.user_call_sites(full)
     assert fast == slow
@@ -452,8 +453,8 @@ def test_short_parse_and_whole_file_parse_agree(full, monkeypatch):
 
 
 def test_stage_is_cheap(full):
-    sources._definition_cached.cache_clear()
-    sources._source_cached.cache_clear()
+    index._definition_cached.cache_clear()
+    index._source_cached.cache_clear()
     t0 = time.perf_counter()
     sources.walkthrough(full, keras3_anchors.anchors())
     sources.user_call_sites(full)
