@@ -11,10 +11,10 @@ import json
 import platform
 import sys
 
+from lossmap.groups import KIND_LABEL, KIND_ORDER, count_label
 from lossmap.render import anchor_id, environment, format_number
-from lossmap.render.text import KIND_LABEL, describe, render_equation, verdict
+from lossmap.render.text import describe, render_equation, verdict
 
-KIND_ORDER = ["compiled", "add_loss", "activity_regularizer", "weight_regularizer", "custom"]
 GROUP_OPEN_LIMIT = 12  # a kind with more terms than this starts collapsed
 
 
@@ -28,9 +28,8 @@ def render(analysis, command: str | None = None) -> str:
 
 def context(analysis, command=None) -> dict:
     terms = analysis.terms
-    graph = _graph(analysis)
-    graph_groups = list(getattr(graph, "groups", None) or [])
-    group_of = {tid: grp for grp in graph_groups for tid in grp["term_ids"]}
+    graph_groups = analysis.grouping.groups
+    group_of = analysis.grouping.group_of()
     scale = sum(abs(t.contribution) for t in terms) or 1.0
     rows = []
     for t in terms:
@@ -59,13 +58,13 @@ def context(analysis, command=None) -> dict:
         for grp in graph_groups:
             rows_in = [r for r in members if group_of.get(r["t"].id) is grp]
             if rows_in:
-                subgroups.append({"label": grp["label"], "anchor": grp["anchor"], "count": len(rows_in),
+                subgroups.append({"label": grp.label, "anchor": anchor_id("group", grp.key), "count": len(rows_in),
                                   "subtotal": format_number(sum(r["t"].contribution for r in rows_in)),
                                   "rows": rows_in})
         loose = [r for r in members if r["t"].id not in group_of]
         groups.append({
             "kind": kind,
-            "label": _kind_heading(kind, len(members)),
+            "label": count_label(kind, len(members)),
             "rows": members,
             "subgroups": subgroups,
             "loose_rows": loose,
@@ -84,7 +83,7 @@ def context(analysis, command=None) -> dict:
         "equation_text": render_equation(analysis),
         "verdict": verdict(analysis),
         "verdict_class": "ok" if analysis.total.verified else "bad",
-        "graph": getattr(graph, "svg", graph),
+        "graph": _graph(analysis),
         "layers": _layer_index(analysis),
         "gradient_bars": _svg(analysis, "gradient_share_bars") if analysis.gradients else None,
         "layer_heatmap": _svg(analysis, "layer_heatmap") if analysis.gradients else None,
@@ -122,7 +121,7 @@ def _equation(analysis, rows):
                     "anchor": anchor_id("group", t.kind),
                     "weight": None,
                     "value": format_number(subtotal),
-                    "label": f"{_kind_heading(t.kind, len(members))}: {describe(t)}, ...",
+                    "label": f"{count_label(t.kind, len(members))}: {describe(t)}, ...",
                     "share_text": f"{100.0 * sum(abs(m['t'].contribution) for m in members) / scale:.1f}%",
                     "kind": t.kind,
                 })
@@ -162,17 +161,6 @@ def _layer_index(analysis):
     return list(entries.values())
 
 
-def _kind_heading(kind, n):
-    names = {
-        "compiled": ("compiled loss", "compiled losses"),
-        "add_loss": ("add_loss term", "add_loss terms"),
-        "activity_regularizer": ("activity regularizer", "activity regularizers"),
-        "weight_regularizer": ("weight regularizer", "weight regularizers"),
-        "custom": ("custom term", "custom terms"),
-    }[kind]
-    return f"{n} {names[0] if n == 1 else names[1]}"
-
-
 def _by_layer(rows):
     """Subtotals per top-level block (first path component) for big groups."""
     blocks = {}
@@ -202,7 +190,7 @@ def _config_text(config):
 def _graph(analysis):
     from lossmap.render import svg
 
-    return svg.loss_graph(analysis)
+    return svg.loss_graph(analysis).svg
 
 
 def _svg(analysis, name):

@@ -90,13 +90,13 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from lossmap.groups import GROUP_THRESHOLD, KIND_PLURAL, group_terms, leaf as _leaf, span_label as _span_label
+from lossmap.groups import term_share as _term_share
 from lossmap.render import anchor_id, format_number
 
-GROUP_THRESHOLD = 24  # additional terms drawn one node each; beyond this they are grouped
 MAX_HEATMAP_COLUMNS = 60  # more layers than this are merged into blocks of consecutive layers
 MAX_UNIT_ROWS = 40  # gradient charts: more units than this are merged (weight regularizers first)
 CONFLICT_COSINE = -0.5  # as lossmap.gradients.CONFLICT_COSINE: a strong conflict
@@ -264,23 +264,6 @@ def _text(x, y, text, cls="", anchor=None, extra="") -> str:
     return f'<text x="{_f(x)}" y="{_f(y)}"{c}{a}{extra}>{esc(text)}</text>'
 
 
-def _family(name: Optional[str]) -> str:
-    """A layer's family: digit runs become '#', so dense_3 and dense_17 are one family."""
-    return re.sub(r"\d+", "#", name) if name else "(model)"
-
-
-def _leaf(variable: Optional[str]) -> str:
-    return variable.rsplit("/", 1)[-1] if variable else "?"
-
-
-def _span_label(names: list) -> str:
-    if not names:
-        return "(model)"
-    if len(names) == 1:
-        return names[0]
-    return f"{names[0]} … {names[-1]}"
-
-
 # ====================================================================== loss graph
 @dataclass
 class Graph:
@@ -389,39 +372,6 @@ def _edge_width(share: float) -> float:
     return 1.0 + 7.0 * (min(1.0, max(0.0, share)) if _finite(share) else 0.0)
 
 
-def _additional_keys(t) -> list:
-    """Bucket keys (kind, function, layers, variable) for an additional term, finest first."""
-    fn = t.fn or ""
-    fam = _family(t.layer)
-    leaf = _leaf(t.variable) if t.kind == "weight_regularizer" else ""
-    return [(t.kind, fn, t.layer or "(model)", ""), (t.kind, fn, fam, leaf), (t.kind, fn, fam, ""),
-            (t.kind, fn, "", ""), (t.kind, "", "", "")]
-
-
-def _compiled_keys(t) -> list:
-    return [("compiled", t.fn or "", _family(t.output), ""), ("compiled", t.fn or "", "", "")]
-
-
-def _buckets(terms, keys_of, threshold: int) -> list:
-    """[(key tuple or None, [terms])] in first-appearance order; None = not grouped."""
-    if len(terms) <= threshold:
-        return [(None, [t]) for t in terms]
-    levels = len(keys_of(terms[0]))
-    chosen = None
-    for level in range(levels):
-        buckets: dict = {}
-        for t in terms:
-            buckets.setdefault(keys_of(t)[level], []).append(t)
-        chosen = buckets
-        if len(buckets) <= threshold:
-            break
-    return [(key if len(members) > 1 else None, members) for key, members in chosen.items()]
-
-
-def _term_share(t, scale: float) -> float:
-    return abs(t.contribution) / scale if scale > 0 and _finite(t.contribution) else 0.0
-
-
 def _describe_additional(t) -> str:
     if t.kind == "weight_regularizer":
         return f"{t.fn or 'regularizer'}({_leaf(t.variable)})"
@@ -445,36 +395,6 @@ def _term_title(t, share: float) -> str:
             f"({_pct(share)} of the sum of |contributions|)")
 
 
-def _group_dict(key: tuple, members: list, scale: float, compiled: bool, taken: list) -> dict:
-    key_str = base = "/".join(k for k in key if k)
-    n = 1
-    while any(g["key"] == key_str for g in taken):  # names with "/" could collide
-        n += 1
-        key_str = f"{base}~{n}"
-    kind = "compiled" if compiled else members[0].kind
-    names = list(dict.fromkeys((t.output if compiled else t.layer) or "(model)" for t in members))
-    fn = key[1] if len(key) > 1 and key[1] else None
-    if compiled:
-        label = f"{len(members)} compiled losses{f' ({fn})' if fn else ''} on outputs {_span_label(names)}"
-    else:
-        what = KIND_PLURAL.get(kind, kind)
-        if fn and kind != "add_loss":
-            what += f" ({fn}" + (f", {key[3]}" if len(key) > 3 and key[3] else "") + ")"
-        label = f"{len(members)} {what} on {len(names)} layer{'s' if len(names) != 1 else ''}: {_span_label(names)}"
-    subtotal = math.fsum(t.contribution for t in members)
-    return {
-        "key": key_str,
-        "label": label,
-        "kind": kind,
-        "term_ids": [t.id for t in members],
-        "subtotal": subtotal,
-        "count": len(members),
-        "share": math.fsum(_term_share(t, scale) for t in members),
-        "layers": names,
-        "anchor": anchor_id("group", key_str),
-    }
-
-
 def _source_node(names: list, what: str, linked: bool) -> _Node:
     """An output or layer node (one name), or a block of them."""
     if len(names) == 1:
@@ -487,11 +407,11 @@ def _source_node(names: list, what: str, linked: bool) -> _Node:
                  + (", …" if len(names) > 40 else ""), max_chars=28)
 
 
-def _compiled_rows(terms, scale, threshold, groups) -> list:
+def _compiled_rows(buckets, scale) -> list:
     rows = []
-    for key, members in _buckets(terms, _compiled_keys, threshold):
-        if key is None:
-            t = members[0]
+    for b in buckets:
+        if b.group is None:
+            t = b.terms[0]
             share = _term_share(t, scale)
             href = "#" + anchor_id("term", t.id)
             title = _term_title(t, share)
@@ -502,25 +422,24 @@ def _compiled_rows(terms, scale, threshold, groups) -> list:
             src = _Node("source output", out, "output", f"output {out}", max_chars=28)
             rows.append(_Row("compiled", share, ("output", out), src, [fn_node, w_node]))
             continue
-        g = _group_dict(key, members, scale, True, groups)
-        groups.append(g)
-        href = "#" + g["anchor"]
-        weights = sorted({t.weight for t in members})
+        g = b.group
+        href = "#" + anchor_id("group", g.key)
+        weights = sorted({t.weight for t in b.terms})
         wl = f"× {_num(weights[0])}" if len(weights) == 1 else f"× {_num(weights[0])} … {_num(weights[-1])}"
-        fn_node = _Node("compiled group", f"{g['count']} × {key[1] or 'loss'}", f"{g['count']} terms",
-                        g["label"], href)
-        w_node = _Node("compiled group weight", wl, f"Σ {_num(g['subtotal'])} · {_pct(g['share'])}",
-                       g["label"] + f"; subtotal {_num(g['subtotal'])}", href, bar=g["share"])
-        rows.append(_Row("compiled", g["share"], ("outputs",) + tuple(g["layers"]),
-                         _source_node(g["layers"], "output", False), [fn_node, w_node]))
+        fn_node = _Node("compiled group", f"{g.count} × {g.fn or 'loss'}", f"{g.count} terms",
+                        g.label, href)
+        w_node = _Node("compiled group weight", wl, f"Σ {_num(g.subtotal)} · {_pct(g.share)}",
+                       g.label + f"; subtotal {_num(g.subtotal)}", href, bar=g.share)
+        rows.append(_Row("compiled", g.share, ("outputs",) + tuple(g.layers),
+                         _source_node(g.layers, "output", False), [fn_node, w_node]))
     return rows
 
 
-def _additional_rows(terms, scale, threshold, groups) -> list:
+def _additional_rows(buckets, scale) -> list:
     items = []
-    for key, members in _buckets(terms, _additional_keys, threshold):
-        if key is None:
-            t = members[0]
+    for b in buckets:
+        if b.group is None:
+            t = b.terms[0]
             share = _term_share(t, scale)
             layer = t.layer or "(model)"
             node = _Node(f"{t.kind} term", _describe_additional(t),
@@ -528,12 +447,11 @@ def _additional_rows(terms, scale, threshold, groups) -> list:
                          "#" + anchor_id("term", t.id), bar=share)
             items.append(_Row(t.kind, share, ("layer", layer), _source_node([layer], "layer", True), [node]))
             continue
-        g = _group_dict(key, members, scale, False, groups)
-        groups.append(g)
-        kind = g["kind"]
-        fn = key[1] if len(key) > 1 else ""
-        if kind == "weight_regularizer" and len(key) > 3 and key[3]:
-            what = f"{fn}({key[3]})"
+        g = b.group
+        kind = g.kind
+        fn = g.fn
+        if kind == "weight_regularizer" and g.variable:
+            what = f"{fn}({g.variable})"
         elif kind == "weight_regularizer":
             what = f"{fn or 'weight'} regularizers"
         elif kind == "activity_regularizer":
@@ -542,12 +460,12 @@ def _additional_rows(terms, scale, threshold, groups) -> list:
             what = "add_loss"
         else:
             what = fn or KIND_PLURAL.get(kind, kind)
-        node = _Node(f"{kind} group", f"{g['count']} × {what}",
-                     f"Σ {_num(g['subtotal'])} · {_pct(g['share'])}",
-                     f"{g['label']}; subtotal {_num(g['subtotal'])} ({_pct(g['share'])} of the sum of "
-                     "|contributions|); details below the graph", "#" + g["anchor"], bar=g["share"])
-        items.append(_Row(kind, g["share"], ("layers",) + tuple(g["layers"]),
-                          _source_node(g["layers"], "layer", True), [node]))
+        node = _Node(f"{kind} group", f"{g.count} × {what}",
+                     f"Σ {_num(g.subtotal)} · {_pct(g.share)}",
+                     f"{g.label}; subtotal {_num(g.subtotal)} ({_pct(g.share)} of the sum of "
+                     "|contributions|); details below the graph", "#" + anchor_id("group", g.key), bar=g.share)
+        items.append(_Row(kind, g.share, ("layers",) + tuple(g.layers),
+                          _source_node(g.layers, "layer", True), [node]))
     # rows sharing a source sit together, in order of first appearance
     order: dict = {}
     for r in items:
@@ -560,12 +478,13 @@ def loss_graph(analysis, *, group_threshold: int = GROUP_THRESHOLD) -> Graph:
     layers -> regularizers / activity regularizers / add_loss -> additional sum; both -> total.
     """
     terms = list(analysis.terms)
-    scale = math.fsum(abs(t.contribution) for t in terms if _finite(t.contribution))
+    grouping = analysis.grouping if group_threshold == GROUP_THRESHOLD else group_terms(terms, group_threshold)
+    scale = grouping.scale
     compiled = [t for t in terms if t.kind == "compiled"]
     additional = [t for t in terms if t.kind != "compiled"]
-    groups: list = []
-    crows = _compiled_rows(compiled, scale, group_threshold, groups) if compiled else []
-    arows = _additional_rows(additional, scale, group_threshold, groups) if additional else []
+    groups = [dict(g.as_dict(), anchor=anchor_id("group", g.key)) for g in grouping.groups]
+    crows = _compiled_rows(grouping.compiled, scale)
+    arows = _additional_rows(grouping.additional, scale)
 
     # ---- node boxes
     total = analysis.total
