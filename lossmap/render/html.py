@@ -88,7 +88,6 @@ def context(analysis, command=None) -> dict:
         "gradient_bars": _svg(analysis, "gradient_share_bars") if analysis.gradients else None,
         "layer_heatmap": _svg(analysis, "layer_heatmap") if analysis.gradients else None,
         "cosine_heatmap": _svg(analysis, "cosine_heatmap") if analysis.gradients else None,
-        "svg_css": _svg_css(),
         "code_css": code_css(),
         "walkthrough": [_step_view(s) for s in getattr(analysis, "walkthrough", []) or []],
         "call_sites": _call_site_views(analysis),
@@ -203,14 +202,6 @@ def _svg(analysis, name):
         return None
     out = fn(analysis)
     return getattr(out, "svg", out)
-
-
-def _svg_css():
-    try:
-        from lossmap.render import svg
-    except ImportError:
-        return ""
-    return getattr(svg, "SVG_CSS", "")
 
 
 @functools.lru_cache(maxsize=1)

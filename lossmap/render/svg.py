@@ -95,7 +95,7 @@ from typing import Optional
 
 from lossmap.groups import GROUP_THRESHOLD, KIND_PLURAL, group_terms, leaf as _leaf, span_label as _span_label
 from lossmap.groups import term_share as _term_share
-from lossmap.render import anchor_id, format_number
+from lossmap.render import anchor_id, format_number, template_source
 
 MAX_HEATMAP_COLUMNS = 60  # more layers than this are merged into blocks of consecutive layers
 MAX_UNIT_ROWS = 40  # gradient charts: more units than this are merged (weight regularizers first)
@@ -122,79 +122,7 @@ KIND_PLURAL = {
     "custom": "custom terms",
 }
 
-SVG_CSS = """
-svg.lossmap {
-  --lm-fg: var(--fg, #1f2328); --lm-muted: var(--muted, #667085); --lm-bg: var(--card, #ffffff);
-  --lm-line: #98a2b3; --lm-pos: #2f6fd6; --lm-neg: #d03a2f; --lm-heat: var(--accent, #3b5bdb);
-  --lm-compiled: var(--compiled, #3b5bdb); --lm-add_loss: var(--add_loss, #c2410c);
-  --lm-activity_regularizer: var(--activity_regularizer, #0f766e);
-  --lm-weight_regularizer: var(--weight_regularizer, #7c3aed); --lm-custom: var(--custom, #a16207);
-  --lm-sum: #475467; --lm-ok: var(--ok, #15803d); --lm-bad: var(--bad, #b42318);
-  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-  font-size: 12px; font-variant-numeric: tabular-nums; overflow: visible;
-}
-@media (prefers-color-scheme: dark) {
-  :root:not([data-theme="light"]) svg.lossmap {
-    --lm-fg: var(--fg, #e6e8eb); --lm-muted: var(--muted, #98a2b3); --lm-bg: var(--card, #171a21);
-    --lm-line: #667085; --lm-pos: #6ea8fe; --lm-neg: #ff7b72; --lm-heat: var(--accent, #8ea2ff);
-    --lm-compiled: var(--compiled, #8ea2ff); --lm-add_loss: var(--add_loss, #fb923c);
-    --lm-activity_regularizer: var(--activity_regularizer, #2dd4bf);
-    --lm-weight_regularizer: var(--weight_regularizer, #c4b5fd); --lm-custom: var(--custom, #facc15);
-    --lm-sum: #cbd5e1; --lm-ok: var(--ok, #4ade80); --lm-bad: var(--bad, #f87171);
-  }
-}
-:root[data-theme="dark"] svg.lossmap {
-  --lm-fg: var(--fg, #e6e8eb); --lm-muted: var(--muted, #98a2b3); --lm-bg: var(--card, #171a21);
-  --lm-line: #667085; --lm-pos: #6ea8fe; --lm-neg: #ff7b72; --lm-heat: var(--accent, #8ea2ff);
-  --lm-compiled: var(--compiled, #8ea2ff); --lm-add_loss: var(--add_loss, #fb923c);
-  --lm-activity_regularizer: var(--activity_regularizer, #2dd4bf);
-  --lm-weight_regularizer: var(--weight_regularizer, #c4b5fd); --lm-custom: var(--custom, #facc15);
-  --lm-sum: #cbd5e1; --lm-ok: var(--ok, #4ade80); --lm-bad: var(--bad, #f87171);
-}
-svg.lossmap text { fill: var(--lm-fg); }
-svg.lossmap .compiled { --k: var(--lm-compiled); }
-svg.lossmap .weight_regularizer { --k: var(--lm-weight_regularizer); }
-svg.lossmap .activity_regularizer { --k: var(--lm-activity_regularizer); }
-svg.lossmap .add_loss { --k: var(--lm-add_loss); }
-svg.lossmap .custom { --k: var(--lm-custom); }
-svg.lossmap .sum, svg.lossmap .total { --k: var(--lm-sum); }
-svg.lossmap .node > rect { fill: var(--k, var(--lm-line)); fill-opacity: 0.11; stroke: var(--k, var(--lm-line)); stroke-width: 1.2; }
-svg.lossmap .node.source > rect { fill-opacity: 0.04; stroke-dasharray: 4 3; }
-svg.lossmap .node.group > rect { stroke-width: 2; }
-svg.lossmap .node.total > rect { fill-opacity: 0.16; stroke-width: 2; }
-svg.lossmap .node.total.unverified > rect { stroke: var(--lm-bad); }
-svg.lossmap .node .label { font-weight: 600; }
-svg.lossmap .sub, svg.lossmap .value, svg.lossmap .tick, svg.lossmap .note, svg.lossmap .legend text { fill: var(--lm-muted); }
-svg.lossmap .sub { font-size: 11px; }
-svg.lossmap .caption { font-size: 10.5px; font-weight: 600; letter-spacing: 0.06em; text-transform: uppercase; fill: var(--lm-muted); }
-svg.lossmap .bar-track > rect { fill: var(--lm-line); fill-opacity: 0.22; }
-svg.lossmap .bar > rect { fill: var(--k, var(--lm-pos)); }
-svg.lossmap .bar.neg > rect { fill: var(--lm-neg); }
-svg.lossmap .edge { fill: none; stroke: var(--k, var(--lm-line)); stroke-opacity: 0.55; }
-svg.lossmap .edge.plain { stroke: var(--lm-line); stroke-opacity: 0.8; }
-svg.lossmap .arrow { fill: var(--lm-line); }
-svg.lossmap a:hover .node > rect, svg.lossmap a:focus .node > rect { stroke-width: 2.6; fill-opacity: 0.2; }
-svg.lossmap a:focus { outline: none; }
-svg.lossmap a:focus-visible .node > rect { stroke: var(--lm-fg); }
-svg.lossmap a:hover .row-label, svg.lossmap a:hover .col-label { text-decoration: underline; }
-svg.lossmap .axis { stroke: var(--lm-fg); stroke-width: 1; }
-svg.lossmap .grid { stroke: var(--lm-line); stroke-opacity: 0.35; stroke-width: 1; }
-svg.lossmap .tick, svg.lossmap .note, svg.lossmap .legend text, svg.lossmap .col-label { font-size: 10px; }
-svg.lossmap .row.dead .row-label { fill: var(--lm-muted); text-decoration: line-through; }
-svg.lossmap .dead-mark { fill: var(--lm-bad); font-weight: 700; }
-svg.lossmap .row-hit > rect { fill: transparent; }
-svg.lossmap .row:hover .row-hit > rect { fill: var(--lm-line); fill-opacity: 0.12; }
-svg.lossmap .cell > rect { fill: var(--lm-heat); stroke: var(--lm-bg); stroke-width: 1; }
-svg.lossmap .cell.empty > rect { fill: var(--lm-line); fill-opacity: 0.08; }
-svg.lossmap .cell.pos > rect { fill: var(--lm-pos); }
-svg.lossmap .cell.neg > rect { fill: var(--lm-neg); }
-svg.lossmap .cell.diag > rect { fill: var(--lm-line); fill-opacity: 0.3; }
-svg.lossmap .cell.none > rect { fill: var(--lm-line); fill-opacity: 0.06; }
-svg.lossmap .none-mark { stroke: var(--lm-line); stroke-width: 1; }
-svg.lossmap .conflict { fill: var(--lm-fg); stroke: var(--lm-bg); stroke-width: 1; }
-svg.lossmap .cell-text { font-size: 10px; text-anchor: middle; paint-order: stroke; stroke: var(--lm-bg); stroke-width: 2.5px; stroke-linejoin: round; }
-svg.lossmap .frame > rect { fill: none; stroke: var(--lm-line); stroke-width: 1; }
-"""
+SVG_CSS = template_source("svg.css")
 
 
 # ====================================================================== helpers
