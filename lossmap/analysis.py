@@ -6,10 +6,13 @@ the JSON writer never touch Keras.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from lossmap.groups import Grouping, group_terms
 
 SCHEMA = "lossmap/1"
 
@@ -101,6 +104,11 @@ class Analysis:
     # tf_keras vs Keras 3 (lossmap.engine_diff, lossmap.compare), plain data: {"differences": [...],
     # "rows": [...] | None, ...}; in the JSON as "engine_comparison" only when present.
     engine_comparison: Optional[dict] = None
+
+    @functools.cached_property
+    def grouping(self) -> Grouping:
+        """Which terms the report shows together (lossmap.groups); computed on first use, not in the JSON."""
+        return group_terms(self.terms)
 
     def term(self, term_id: str) -> Term:
         for t in self.terms:

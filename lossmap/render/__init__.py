@@ -22,6 +22,12 @@ def environment(autoescape: bool) -> jinja2.Environment:
     return env
 
 
+def template_source(name: str) -> str:
+    """A file from the templates directory as it is (a stylesheet, say), found as templates are."""
+    env = environment(autoescape=False)
+    return env.loader.get_source(env, name)[0]
+
+
 def format_number(value, digits=6):
     if value is None:
         return "n/a"

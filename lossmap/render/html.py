@@ -11,10 +11,10 @@ import json
 import platform
 import sys
 
-from lossmap.render import anchor_id, environment, format_number
-from lossmap.render.text import KIND_LABEL, describe, render_equation, verdict
+from lossmap.groups import KIND_LABEL, KIND_ORDER, count_label
+from lossmap.render import anchor_id, environment, format_number, svg
+from lossmap.render.text import describe, render_equation, verdict
 
-KIND_ORDER = ["compiled", "add_loss", "activity_regularizer", "weight_regularizer", "custom"]
 GROUP_OPEN_LIMIT = 12  # a kind with more terms than this starts collapsed
 
 
@@ -27,69 +27,23 @@ def render(analysis, command: str | None = None) -> str:
 
 
 def context(analysis, command=None) -> dict:
-    terms = analysis.terms
-    graph = _graph(analysis)
-    graph_groups = list(getattr(graph, "groups", None) or [])
-    group_of = {tid: grp for grp in graph_groups for tid in grp["term_ids"]}
-    scale = sum(abs(t.contribution) for t in terms) or 1.0
-    rows = []
-    for t in terms:
-        rows.append({
-            "t": t,
-            "anchor": anchor_id("term", t.id),
-            "kind_label": KIND_LABEL.get(t.kind, t.kind),
-            "what": describe(t),
-            "value": format_number(t.value),
-            "weight": format_number(t.weight),
-            "contribution": format_number(t.contribution),
-            "share": abs(t.contribution) / scale,
-            "share_text": f"{100.0 * abs(t.contribution) / scale:.1f}%",
-            "config": _config_text(t.config),
-            "call_sites": analysis.call_sites.get(t.id, []) if getattr(analysis, "call_sites", None) else [],
-            "findings": [f for f in analysis.findings if f.term == t.id],
-            "gradient": (analysis.gradients or {}).get("terms", {}).get(t.id) if analysis.gradients else None,
-        })
-    groups = []
-    for kind in KIND_ORDER:
-        members = [r for r in rows if r["t"].kind == kind]
-        if not members:
-            continue
-        subtotal = sum(r["t"].contribution for r in members)
-        subgroups, loose = [], []
-        for grp in graph_groups:
-            rows_in = [r for r in members if group_of.get(r["t"].id) is grp]
-            if rows_in:
-                subgroups.append({"label": grp["label"], "anchor": grp["anchor"], "count": len(rows_in),
-                                  "subtotal": format_number(sum(r["t"].contribution for r in rows_in)),
-                                  "rows": rows_in})
-        loose = [r for r in members if r["t"].id not in group_of]
-        groups.append({
-            "kind": kind,
-            "label": _kind_heading(kind, len(members)),
-            "rows": members,
-            "subgroups": subgroups,
-            "loose_rows": loose,
-            "count": len(members),
-            "subtotal": format_number(subtotal),
-            "share_text": f"{100.0 * sum(abs(r['t'].contribution) for r in members) / scale:.1f}%",
-            "open": len(members) <= GROUP_OPEN_LIMIT,
-            "by_layer": _by_layer(members) if len(members) > GROUP_OPEN_LIMIT else None,
-            "anchor": anchor_id("group", kind),
-        })
+    """Everything the template shows, as plain values: built before any markup."""
+    scale = sum(abs(t.contribution) for t in analysis.terms) or 1.0
+    rows = [_term_row(analysis, t, scale) for t in analysis.terms]
+    g = analysis.gradients
     return {
         "a": analysis,
         "rows": rows,
-        "groups": groups,
+        "groups": _kind_sections(analysis, rows, scale),
         "equation": _equation(analysis, rows),
         "equation_text": render_equation(analysis),
         "verdict": verdict(analysis),
         "verdict_class": "ok" if analysis.total.verified else "bad",
-        "graph": getattr(graph, "svg", graph),
+        "graph": svg.loss_graph(analysis).svg,
         "layers": _layer_index(analysis),
-        "gradient_bars": _svg(analysis, "gradient_share_bars") if analysis.gradients else None,
-        "layer_heatmap": _svg(analysis, "layer_heatmap") if analysis.gradients else None,
-        "cosine_heatmap": _svg(analysis, "cosine_heatmap") if analysis.gradients else None,
-        "svg_css": _svg_css(),
+        "gradient_bars": svg.gradient_share_bars(analysis) if g else None,
+        "layer_heatmap": svg.layer_heatmap(analysis) if g else None,
+        "cosine_heatmap": svg.cosine_heatmap(analysis) if g else None,
         "code_css": code_css(),
         "walkthrough": [_step_view(s) for s in getattr(analysis, "walkthrough", []) or []],
         "call_sites": _call_site_views(analysis),
@@ -98,6 +52,58 @@ def context(analysis, command=None) -> dict:
         "env": _environment(analysis, command),
         "num": format_number,
     }
+
+
+def _term_row(analysis, t, scale: float) -> dict:
+    return {
+        "t": t,
+        "anchor": anchor_id("term", t.id),
+        "kind_label": KIND_LABEL.get(t.kind, t.kind),
+        "what": describe(t),
+        "value": format_number(t.value),
+        "weight": format_number(t.weight),
+        "contribution": format_number(t.contribution),
+        "share": abs(t.contribution) / scale,
+        "share_text": f"{100.0 * abs(t.contribution) / scale:.1f}%",
+        "config": _config_text(t.config),
+        "call_sites": analysis.call_sites.get(t.id, []) if getattr(analysis, "call_sites", None) else [],
+        "findings": [f for f in analysis.findings if f.term == t.id],
+        "gradient": (analysis.gradients or {}).get("terms", {}).get(t.id) if analysis.gradients else None,
+    }
+
+
+def _kind_sections(analysis, rows: list, scale: float) -> list:
+    """The term table: one collapsible section per kind, holding the groups of `analysis.grouping`."""
+    group_of = analysis.grouping.group_of()
+    sections = []
+    for kind in KIND_ORDER:
+        members = [r for r in rows if r["t"].kind == kind]
+        if not members:
+            continue
+        sections.append({
+            "kind": kind,
+            "label": count_label(kind, len(members)),
+            "rows": members,
+            "subgroups": _subgroups(members, analysis.grouping.groups, group_of),
+            "loose_rows": [r for r in members if r["t"].id not in group_of],
+            "count": len(members),
+            "subtotal": format_number(sum(r["t"].contribution for r in members)),
+            "share_text": f"{100.0 * sum(abs(r['t'].contribution) for r in members) / scale:.1f}%",
+            "open": len(members) <= GROUP_OPEN_LIMIT,
+            "by_layer": _by_layer(members) if len(members) > GROUP_OPEN_LIMIT else None,
+            "anchor": anchor_id("group", kind),
+        })
+    return sections
+
+
+def _subgroups(members: list, groups: list, group_of: dict) -> list:
+    out = []
+    for grp in groups:
+        rows_in = [r for r in members if group_of.get(r["t"].id) is grp]
+        if rows_in:
+            out.append({"label": grp.label, "anchor": anchor_id("group", grp.key), "count": len(rows_in),
+                        "subtotal": format_number(sum(r["t"].contribution for r in rows_in)), "rows": rows_in})
+    return out
 
 
 # ---------------------------------------------------------------- pieces
@@ -122,7 +128,7 @@ def _equation(analysis, rows):
                     "anchor": anchor_id("group", t.kind),
                     "weight": None,
                     "value": format_number(subtotal),
-                    "label": f"{_kind_heading(t.kind, len(members))}: {describe(t)}, ...",
+                    "label": f"{count_label(t.kind, len(members))}: {describe(t)}, ...",
                     "share_text": f"{100.0 * sum(abs(m['t'].contribution) for m in members) / scale:.1f}%",
                     "kind": t.kind,
                 })
@@ -162,17 +168,6 @@ def _layer_index(analysis):
     return list(entries.values())
 
 
-def _kind_heading(kind, n):
-    names = {
-        "compiled": ("compiled loss", "compiled losses"),
-        "add_loss": ("add_loss term", "add_loss terms"),
-        "activity_regularizer": ("activity regularizer", "activity regularizers"),
-        "weight_regularizer": ("weight regularizer", "weight regularizers"),
-        "custom": ("custom term", "custom terms"),
-    }[kind]
-    return f"{n} {names[0] if n == 1 else names[1]}"
-
-
 def _by_layer(rows):
     """Subtotals per top-level block (first path component) for big groups."""
     blocks = {}
@@ -197,32 +192,6 @@ def _config_text(config):
             continue
         items.append(f"{k}={format_number(v) if isinstance(v, float) else v}")
     return ", ".join(items)
-
-
-def _graph(analysis):
-    from lossmap.render import svg
-
-    return svg.loss_graph(analysis)
-
-
-def _svg(analysis, name):
-    try:
-        from lossmap.render import svg
-    except ImportError:
-        return None
-    fn = getattr(svg, name, None)
-    if fn is None:
-        return None
-    out = fn(analysis)
-    return getattr(out, "svg", out)
-
-
-def _svg_css():
-    try:
-        from lossmap.render import svg
-    except ImportError:
-        return ""
-    return getattr(svg, "SVG_CSS", "")
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,16 +1,8 @@
 """The terminal explanation: the equation with this batch's numbers, the terms, the findings."""
 from __future__ import annotations
 
+from lossmap.groups import KIND_LABEL
 from lossmap.render import environment, format_number
-
-KIND_LABEL = {
-    "compiled": "compiled loss",
-    "weight_regularizer": "weight regularizer",
-    "activity_regularizer": "activity regularizer",
-    "add_loss": "add_loss",
-    "custom": "custom",
-}
-
 
 def describe(term) -> str:
     if term.kind == "compiled":
