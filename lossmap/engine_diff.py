@@ -182,7 +182,7 @@ def differences(analysis, capture, facts: dict) -> list:
     # 1. add_loss tensors that are not scalars
     non_scalar = [t for t in terms if t.kind == "add_loss" and t.shape]
     if non_scalar:
-        from lossmap.reproduce_tf_keras import TfKerasRules
+        from lossmap.engines.tf_keras.rules import TfKerasRules
 
         ok, reg_shapes, outer = TfKerasRules.add_n_shapes(terms)
         c_tf, c_k3 = cite("add_n_regularization"), cite("k3_aggregate")
@@ -341,9 +341,9 @@ def differences(analysis, capture, facts: dict) -> list:
 
 def _other_engine_values(compiled_captures, capture, engine):
     """(this engine's, the other engine's) value of each compiled capture, both from the NumPy mirrors."""
-    from lossmap import reproduce, reproduce_tf_keras
+    from lossmap.engines import engine_class
 
-    rules = {"keras3": reproduce.KERAS3, "tf_keras": reproduce_tf_keras.TF_KERAS}
+    rules = {name: engine_class(name).rules for name in ENGINES}
     out = []
     for c in compiled_captures:
         pair = []

@@ -20,8 +20,8 @@ from keras import layers, ops, regularizers
 import lossmap
 from lossmap import pipeline, sources
 from lossmap.analysis import Term
-from lossmap.engines import keras3_anchors
-from lossmap.engines.keras3 import code_origin
+from lossmap.engines.common.helpers import code_origin
+from lossmap.engines.keras3 import anchors as keras3_anchors
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Gradients do not exist:UserWarning")]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lossmap import reproduce as k3
+from lossmap.engines.keras3 import rules as k3
 
 L2_NORMALIZE_EPSILON = 1e-12  # tf.math.l2_normalize's default
 

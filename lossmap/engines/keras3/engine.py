@@ -19,13 +19,13 @@ from lossmap.engines.base import (
     Batch,
     Capture,
     CompiledCapture,
-    Engine,
     OutputSpec,
     Signature,
     TensorSpec,
     Verification,
 )
-from lossmap.engines.common import (
+from lossmap.engines.common.engine import KerasEngine
+from lossmap.engines.common.helpers import (
     VariableSnapshot,
     all_metrics as _all_metrics,
     as_numpy as _np,
@@ -39,7 +39,7 @@ from lossmap.engines.common import (
     reg_config as _reg_config,
 )
 from lossmap.errors import UserError
-from lossmap.reproduce import BUILTIN_LOSS_FUNCTIONS, BUILTIN_REGULARIZERS, KERAS3
+from lossmap.engines.keras3.rules import BUILTIN_LOSS_FUNCTIONS, BUILTIN_REGULARIZERS, KERAS3
 
 # Labels a built-in loss expects, for synthetic batches.
 LABEL_KIND = {
@@ -69,8 +69,10 @@ def _layer_path(layer) -> str:
     return getattr(layer, "path", None) or layer.name
 
 
-class Keras3Engine(Engine):
+class Keras3Engine(KerasEngine):
     name = "keras3"
+    label = "Keras 3"
+    package = "keras"
     rules = KERAS3  # lossmap.reproduce: Trainer.compute_loss and Loss.__call__ in NumPy
 
     def __init__(self):
@@ -96,7 +98,7 @@ class Keras3Engine(Engine):
 
     def walkthrough_anchors(self) -> list:
         """The installed Keras functions behind the total, as `lossmap.sources.Anchor`s."""
-        from lossmap.engines import keras3_anchors
+        from lossmap.engines.keras3 import anchors as keras3_anchors
 
         return keras3_anchors.anchors()
 
@@ -431,13 +433,6 @@ class Keras3Engine(Engine):
                 object.__setattr__(model, "optimizer", swapped)
 
     # ------------------------------------------------------------ gradients
-    def optimizer_name(self, model) -> Optional[str]:
-        opt = getattr(model, "optimizer", None)
-        if opt is None:
-            return None
-        inner = getattr(opt, "inner_optimizer", None)
-        return type(inner or opt).__name__
-
     def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
                             total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
         """Per-term gradients of one taped training-mode forward pass, folded into an Accumulator.
@@ -495,12 +490,6 @@ class Keras3Engine(Engine):
     def state(self, model) -> "ModelState":
         return ModelState(self, model)
 
-    @staticmethod
-    def seed_random(seed: int):
-        """Same draws for TensorFlow's own random ops (no Keras SeedGenerator) in both passes."""
-        import tensorflow as tf
-
-        tf.random.set_seed(seed)
 
 
 class _GradientRecorder:

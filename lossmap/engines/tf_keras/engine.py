@@ -27,13 +27,13 @@ from lossmap.engines.base import (
     Batch,
     Capture,
     CompiledCapture,
-    Engine,
     OutputSpec,
     Signature,
     TensorSpec,
     Verification,
 )
-from lossmap.engines.common import (
+from lossmap.engines.common.engine import KerasEngine
+from lossmap.engines.common.helpers import (
     VariableSnapshot,
     all_metrics as _all_metrics,
     as_numpy as _np,
@@ -46,9 +46,9 @@ from lossmap.engines.common import (
     one_line as _one_line,
     reg_config as _reg_config,
 )
-from lossmap.engines.keras3 import _explain_load_error
+from lossmap.engines.keras3.engine import _explain_load_error
 from lossmap.errors import UserError
-from lossmap.reproduce_tf_keras import (
+from lossmap.engines.tf_keras.rules import (
     BUILTIN_LOSS_FUNCTIONS,
     BUILTIN_REGULARIZERS,
     TF_KERAS,
@@ -83,8 +83,10 @@ def _short_var_name(v) -> str:
     return v.name.split("/")[-1].split(":")[0]
 
 
-class TfKerasEngine(Engine):
+class TfKerasEngine(KerasEngine):
     name = "tf_keras"
+    label = "tf_keras"
+    package = "tf_keras"
     rules = TF_KERAS  # lossmap.reproduce_tf_keras: LossesContainer.__call__ and Loss.__call__ in NumPy
 
     def __init__(self):
@@ -110,7 +112,7 @@ class TfKerasEngine(Engine):
 
     def walkthrough_anchors(self) -> list:
         """The installed tf_keras functions behind the total, as `lossmap.sources.Anchor`s."""
-        from lossmap.engines import tf_keras_anchors
+        from lossmap.engines.tf_keras import anchors as tf_keras_anchors
 
         return tf_keras_anchors.anchors()
 
@@ -486,13 +488,6 @@ class TfKerasEngine(Engine):
                 object.__setattr__(model, "optimizer", swapped)
 
     # ------------------------------------------------------------ gradients
-    def optimizer_name(self, model) -> Optional[str]:
-        opt = getattr(model, "optimizer", None)
-        if opt is None:
-            return None
-        inner = getattr(opt, "inner_optimizer", None)
-        return type(inner or opt).__name__
-
     def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
                             total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
         """Per-term gradients of one taped training-mode forward pass (see Keras3Engine.attribute_gradients).
@@ -553,13 +548,6 @@ class TfKerasEngine(Engine):
     def state(self, model) -> "ModelState":
         return ModelState(model)
 
-    @staticmethod
-    def seed_random(seed: int):
-        """Same draws in every pass: tf_keras's default random ops (and TFP's sampling) are
-        TensorFlow's stateful ops, which `tf.random.set_seed` resets."""
-        import tensorflow as tf
-
-        tf.random.set_seed(seed)
 
 
 def _tensor_name(t) -> str:

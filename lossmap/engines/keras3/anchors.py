@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import libcst.matchers as m
 
-from lossmap.engines.anchor_kit import (
+from lossmap.engines.common.anchor_kit import (
     self_attr as _self_attr,
     assign_to as _assign_to,
     number as _n,
