@@ -1,28 +1,37 @@
 """tf_keras 2.x: the functions that build a model's training loss, as source anchors.
 
-The tf_keras counterpart of `keras3_anchors`: which functions of the installed
-tf_keras (module + qualified name), which statements in them (libcst matchers),
-when a model uses each step, and notes written from this model's own names and
-numbers. `lossmap.sources` finds and highlights them.
+The tf_keras counterpart of `lossmap.engines.keras3.anchors`: which functions
+of the installed tf_keras (module + qualified name), which statements in them
+(libcst matchers), when a model uses each step, and notes written from this
+model's own names and numbers (`notes.py`). `lossmap.sources` finds and
+highlights them.
 
 Order: from `Model.train_step` down through `Model.compute_loss` to
 `LossesContainer.__call__` and `Loss.__call__` with its reductions, then where
-the entries of `model.losses` come from.
+the entries of `model.losses` come from. One builder per anchor:
+
+    >>> [a.key for a in anchors()][:3]
+    ['tfk_train_step', 'tfk_compute_loss', 'tfk_container']
 """
 from __future__ import annotations
 
 import libcst.matchers as m
 
 from lossmap.engines.common.anchor_kit import (
-    self_attr as _self_attr,
     assign_to as _assign_to,
-    number as _n,
+    call_attr,
+    calls as _calls,
     compiled as _compiled,
     extra as _extra,
+    findings as _findings,
+    masked as _masked,
+    method_call as _method_call,
     of_kind as _kind,
     reduction as _reduction,
-    findings as _findings,
+    self_attr as _self_attr,
+    via_loss_call as _via_loss_call,
 )
+from lossmap.engines.tf_keras import notes
 from lossmap.sources import Anchor, Stmt
 
 TRAINING = "tf_keras.src.engine.training"
@@ -33,144 +42,12 @@ LOSSES_UTILS = "tf_keras.src.utils.losses_utils"
 BACKEND = "tf_keras.src.backend"
 
 
-# ---------------------------------------------------------------- matcher shorthands
-
-
-def _method_call(obj, name, **kw):
-    return m.Call(func=m.Attribute(value=obj, attr=m.Name(name)), **kw)
-
-
-def _calls(name):
-    return m.Call(func=m.Name(name))
-
-
 def _tf(name):
-    return m.Call(func=m.Attribute(value=m.Name("tf"), attr=m.Name(name)))
+    return call_attr("tf", name)
 
 
 def _utils(name, **kw):
-    return m.Call(func=m.Attribute(value=m.Name("losses_utils"), attr=m.Name(name)), **kw)
-
-
-# ---------------------------------------------------------------- reading the analysis
-
-
-def _name(t):
-    return t.output or t.id
-
-
-def _user_call(t) -> bool:
-    return any("__call__ is user code" in s for s in t.steps)
-
-
-def _via_loss_call(a):
-    return [t for t in _compiled(a) if not _user_call(t)]
-
-
-def _masked(a):
-    return [t for t in _via_loss_call(a) if any("mask" in s for s in t.steps)]
-
-
-def _list(parts, sep=", ", limit=8) -> str:
-    parts = list(parts)
-    if len(parts) > limit:
-        parts = parts[:limit - 1] + [f"... and {len(parts) - limit + 1} more"]
-    return sep.join(parts)
-
-
-# ---------------------------------------------------------------- notes
-def _note_forward(a):
-    return f"loss = {_n(a.total.reproduced)} for this batch (lossmap's reproduction)" + (
-        f"; the real train_step logged {_n(a.total.train_step)}" if a.total.train_step is not None else "")
-
-
-def _note_compute_loss_call(a):
-    extra = _extra(a)
-    return (f"the compiled losses of {len(_compiled(a))} output(s), and model.losses with {len(extra)} "
-            f"entr{'y' if len(extra) == 1 else 'ies'} as regularization_losses")
-
-
-def _note_loss_obj(a):
-    return _list(f"{_name(t)}: {t.fn} -> {_n(t.value)}" for t in _compiled(a))
-
-
-def _note_metric(a):
-    return "per-output logs, before the loss weight (unweighted): " + _list(
-        f"{_name(t)}_loss records {_n(t.value)}" for t in _compiled(a))
-
-
-def _note_weight(a):
-    return _list(f"{_name(t)}: {_n(t.value)} x {_n(t.weight)} = {_n(t.contribution)}"
-                 for t in _compiled(a) if t.weight != 1.0)
-
-
-def _note_scale(a):
-    return "one replica in lossmap's run: scale_loss_for_distribution leaves each value as it is"
-
-
-def _note_reg_add_n(a):
-    extra = _extra(a)
-    wide = [t for t in extra if t.shape]
-    text = (f"tf.add_n of {len(extra)} entr{'y' if len(extra) == 1 else 'ies'} = "
-            f"{_n(sum(t.contribution for t in extra))}")
-    if wide:
-        text += ("; add_n does not reduce: " + _list(f"{t.id} has shape {t.shape}" for t in wide)
-                 + " (see ENGINE_DIFF_ADD_LOSS_NON_SCALAR)")
-    return text
-
-
-def _note_total(a):
-    parts = [f"{_n(t.contribution)} ({_name(t)})" for t in _compiled(a)]
-    if _extra(a):
-        parts.append(f"{_n(sum(t.contribution for t in _extra(a)))} (regularization)")
-    return f"tf.add_n: {' + '.join(parts)} = {_n(a.total.reproduced)}"
-
-
-def _note_mean_tracker(a):
-    return f"the 'loss' fit() prints: the running mean of {_n(a.total.reproduced)}"
-
-
-def _note_apply_mask(a):
-    return _list(f"{_name(t)}: its prediction's _keras_mask is multiplied into the sample weights" for t in _masked(a))
-
-
-def _note_reduction(a):
-    return _list(f"{_name(t)}: {_reduction(t)!r}" + (" (AUTO means SUM_OVER_BATCH_SIZE)" if _reduction(t) == "auto"
-                                                       else "") for t in _via_loss_call(a))
-
-
-def _note_weighted(a):
-    return _list(f"{_name(t)} -> {_n(t.value)}" for t in _via_loss_call(a))
-
-
-def _note_fn(a):
-    return _list(f"self.fn is {t.fn} for {_name(t)}" for t in _via_loss_call(a) if not t.opaque)
-
-
-def _note_logits(a):
-    ids = [f.term for f in _findings(a, "CROSSENTROPY_FROM_LOGITS", "FROM_LOGITS_ON_PROBABILITIES") if f.term]
-    return (f"{_list(ids)}: the softmax/sigmoid output carries _keras_logits, so the crossentropy is computed "
-            "from them, with no epsilon clipping")
-
-
-def _note_activity(a):
-    return _list(f"{t.layer}: {t.fn} of the output / batch size = {_n(t.value)}" for t in _kind(a, "activity_regularizer"))
-
-
-def _note_eager_losses(a):
-    return "kept for this call: " + _list(f"{t.id} {_n(t.value)}" + (f" (shape {t.shape})" if t.shape else "")
-                                          for t in a.terms if t.kind in ("add_loss", "activity_regularizer"))
-
-
-def _note_callable_losses(a):
-    regs = _kind(a, "weight_regularizer")
-    frozen = _findings(a, "ENGINE_DIFF_FROZEN_REGULARIZER")
-    return (f"{len(regs)} weight regularizer(s) recomputed on this access"
-            + ("; non-trainable ones included (ENGINE_DIFF_FROZEN_REGULARIZER)" if frozen else ""))
-
-
-def _note_regularizer(a):
-    return _list(f"{t.variable}: {t.fn} -> {_n(t.value)}" for t in _kind(a, "weight_regularizer"))
+    return call_attr("losses_utils", name, **kw)
 
 
 # ---------------------------------------------------------------- explanations
@@ -220,135 +97,179 @@ EXPLAIN_WEIGHT_REG = ("The callable `add_weight(regularizer=...)` registered: th
                       "variable's current value.")
 
 
-# ---------------------------------------------------------------- the anchors
+# ---------------------------------------------------------------- the anchors, one builder each
+def _train_step():
+    return Anchor(
+        key="tfk_train_step", title="Model.train_step: one training step (tf_keras)",
+        module=TRAINING, qualname="Model.train_step", explanation=EXPLAIN_TRAIN_STEP,
+        when=lambda a: a.model.compiled and not a.model.custom_train_step,
+        statements=[
+            Stmt(_assign_to("loss", m.Call(func=_self_attr("compute_loss"))), notes.forward,
+                 "loss = self.compute_loss(x, y, y_pred, sample_weight)"),
+            Stmt(_method_call(_self_attr("optimizer"), "minimize"),
+                 notes.gradient_of_total,
+                 "self.optimizer.minimize(loss, self.trainable_variables, tape=tape)"),
+            Stmt(m.Call(func=_self_attr("compute_metrics")), "the logs, 'loss' among them",
+                 "return self.compute_metrics(x, y, y_pred, sample_weight)"),
+        ])
+
+
+def _compute_loss():
+    return Anchor(
+        key="tfk_compute_loss", title="Model.compute_loss: the compiled loss plus model.losses",
+        module=TRAINING, qualname="Model.compute_loss", explanation=EXPLAIN_COMPUTE_LOSS,
+        when=lambda a: not a.model.custom_compute_loss,
+        statements=[
+            Stmt(m.Call(func=_self_attr("compiled_loss")), notes.compute_loss_call,
+                 "return self.compiled_loss(y, y_pred, sample_weight, regularization_losses=self.losses)"),
+        ])
+
+
+def _container():
+    return Anchor(
+        key="tfk_container", title="LossesContainer.__call__: per output, weights, add_n",
+        module=COMPILE_UTILS, qualname="LossesContainer.__call__", explanation=EXPLAIN_CONTAINER,
+        statements=[
+            Stmt(_utils("apply_mask"), notes.apply_mask, "sw = losses_utils.apply_mask(...)",
+                 when=lambda a: bool(_masked(a))),
+            Stmt(_calls("loss_obj"), notes.loss_obj, "loss_value = loss_obj(y_t, y_p, sample_weight=sw)",
+                 when=lambda a: bool(_compiled(a))),
+            Stmt(_method_call(m.Name("metric_obj"), "update_state"), notes.metric,
+                 "metric_obj.update_state(total_loss_mean_value, ...)", when=lambda a: len(_compiled(a)) > 1),
+            Stmt(m.AugAssign(target=m.Name("loss_value"), operator=m.MultiplyAssign()), notes.weight,
+                 "loss_value *= loss_weight", when=lambda a: any(t.weight != 1.0 for t in _compiled(a))),
+            Stmt(_utils("scale_loss_for_distribution", args=[m.Arg(m.Name("loss_value"))]), notes.scale,
+                 "losses_utils.scale_loss_for_distribution(loss_value)", when=lambda a: bool(_compiled(a))),
+            Stmt(m.Call(func=m.Attribute(value=m.Name("tf"), attr=m.Name("add_n")),
+                        args=[m.Arg(m.Name("regularization_losses"))]),
+                 notes.reg_add_n, "reg_loss = tf.add_n(regularization_losses)", when=lambda a: bool(_extra(a))),
+            Stmt(m.Call(func=m.Attribute(value=m.Name("tf"), attr=m.Name("add_n")),
+                        args=[m.Arg(m.Name("loss_values"))]),
+                 notes.total, "total_loss = tf.add_n(loss_values)"),
+            Stmt(_method_call(_self_attr("_total_loss_mean"), "update_state"), notes.mean_tracker,
+                 "self._total_loss_mean.update_state(...)"),
+        ])
+
+
+def _loss_call():
+    return Anchor(
+        key="tfk_loss_call", title="Loss.__call__: per-sample values, mask, reduction",
+        module=LOSSES, qualname="Loss.__call__", explanation=EXPLAIN_LOSS_CALL,
+        when=lambda a: bool(_via_loss_call(a)),
+        statements=[
+            Stmt(_assign_to("losses", _calls("call_fn")), None, "losses = call_fn(y_true, y_pred)"),
+            Stmt(_assign_to("reduction"), notes.reduction, "reduction = self._get_reduction()"),
+            Stmt(_utils("apply_valid_mask"), None, "losses_utils.apply_valid_mask(...)",
+                 when=lambda a: bool(_masked(a))),
+            Stmt(_utils("compute_weighted_loss"), notes.weighted, "losses_utils.compute_weighted_loss(...)"),
+        ])
+
+
+def _wrapper():
+    return Anchor(
+        key="tfk_wrapper", title="LossFunctionWrapper.call: the loss function",
+        module=LOSSES, qualname="LossFunctionWrapper.call", explanation=EXPLAIN_WRAPPER,
+        when=lambda a: any(not t.opaque for t in _via_loss_call(a)),
+        statements=[
+            Stmt(_utils("squeeze_or_expand_dimensions"), None, "losses_utils.squeeze_or_expand_dimensions(...)"),
+            Stmt(_calls("ag_fn"), notes.fn, "return ag_fn(y_true, y_pred, **self._fn_kwargs)"),
+        ])
+
+
+def _logits():
+    return Anchor(
+        key="tfk_logits", title="backend._get_logits: crossentropy from the attached logits",
+        module=BACKEND, qualname="_get_logits", explanation=EXPLAIN_LOGITS,
+        when=lambda a: bool(_findings(a, "CROSSENTROPY_FROM_LOGITS", "FROM_LOGITS_ON_PROBABILITIES")),
+        statements=[
+            Stmt(_assign_to("output_", m.Attribute(value=m.Name("output"), attr=m.Name("_keras_logits"))),
+                 notes.logits, "output_ = output._keras_logits"),
+        ])
+
+
+def _valid_mask():
+    return Anchor(
+        key="tfk_valid_mask", title="losses_utils.apply_valid_mask: a mask as weights",
+        module=LOSSES_UTILS, qualname="apply_valid_mask", explanation=EXPLAIN_VALID_MASK,
+        when=lambda a: bool(_masked(a)),
+        statements=[Stmt(m.AugAssign(target=m.Name("mask"), operator=m.MultiplyAssign()), None,
+                         "mask *= total / valid")])
+
+
+def _weighted():
+    return Anchor(
+        key="tfk_weighted", title="losses_utils.compute_weighted_loss and reduce_weighted_loss",
+        module=LOSSES_UTILS, qualname="reduce_weighted_loss", explanation=EXPLAIN_WEIGHTED,
+        when=lambda a: bool(_via_loss_call(a)),
+        statements=[
+            Stmt(_assign_to("loss", _tf("reduce_sum")), None, "loss = tf.reduce_sum(weighted_losses)"),
+            Stmt(_assign_to("loss", _calls("_safe_mean")), notes.weighted, "loss = _safe_mean(...)",
+                 when=lambda a: any(_reduction(t) in ("auto", "sum_over_batch_size", None)
+                                    for t in _via_loss_call(a))),
+        ])
+
+
+def _scale():
+    return Anchor(
+        key="tfk_scale", title="losses_utils.scale_loss_for_distribution",
+        module=LOSSES_UTILS, qualname="scale_loss_for_distribution", explanation=EXPLAIN_SCALE,
+        when=lambda a: bool(_compiled(a)),
+        statements=[Stmt(m.If(test=m.Comparison(left=m.Name("num_replicas"))), notes.scale,
+                         "if num_replicas > 1:")])
+
+
+def _activity():
+    return Anchor(
+        key="tfk_activity", title="Layer._handle_activity_regularization",
+        module=BASE_LAYER, qualname="Layer._handle_activity_regularization", explanation=EXPLAIN_ACTIVITY,
+        when=lambda a: bool(_kind(a, "activity_regularizer")),
+        statements=[
+            Stmt(m.Call(func=m.Attribute(attr=m.Name("divide_no_nan"))), notes.activity,
+                 "tf.math.divide_no_nan(activity_loss, batch_size)"),
+            Stmt(_method_call(m.Name("self"), "add_loss"), None, "self.add_loss(mean_activity_loss)"),
+        ])
+
+
+def _add_loss():
+    return Anchor(
+        key="tfk_add_loss", title="Layer.add_loss: where the tensors are kept",
+        module=BASE_LAYER, qualname="Layer.add_loss", explanation=EXPLAIN_ADD_LOSS,
+        when=lambda a: any(t.kind in ("add_loss", "activity_regularizer") for t in a.terms),
+        statements=[Stmt(_method_call(_self_attr("_eager_losses"), "extend"), notes.eager_losses,
+                         "self._eager_losses.extend(eager_losses)")])
+
+
+def _losses():
+    return Anchor(
+        key="tfk_losses", title="Layer.losses: model.losses, layer by layer",
+        module=BASE_LAYER, qualname="Layer.losses", explanation=EXPLAIN_LOSSES,
+        when=lambda a: bool(_extra(a)),
+        statements=[
+            Stmt(_method_call(m.Name("collected_losses"), "extend",
+                              args=[m.Arg(m.Attribute(attr=m.Name("_eager_losses")))]), None,
+                 "collected_losses.extend(layer._eager_losses)",
+                 when=lambda a: any(t.kind in ("add_loss", "activity_regularizer") for t in a.terms)),
+            Stmt(m.For(iter=m.Attribute(value=m.Name("layer"), attr=m.Name("_callable_losses"))),
+                 notes.callable_losses, "for regularizer in layer._callable_losses:",
+                 when=lambda a: bool(_kind(a, "weight_regularizer"))),
+        ])
+
+
+def _weight_reg():
+    return Anchor(
+        key="tfk_weight_reg", title="Layer._handle_weight_regularization",
+        module=BASE_LAYER, qualname="Layer._handle_weight_regularization", explanation=EXPLAIN_WEIGHT_REG,
+        when=lambda a: bool(_kind(a, "weight_regularizer")),
+        statements=[Stmt(_assign_to("regularization", _calls("regularizer")), notes.regularizer,
+                         "regularization = regularizer(v)")])
+
+
+_BUILDERS = (
+    _train_step, _compute_loss, _container, _loss_call, _wrapper, _logits, _valid_mask, _weighted, _scale,
+    _activity, _add_loss, _losses, _weight_reg,
+)
+
+
 def anchors() -> list:
     """The tf_keras walkthrough, in reading order (see `lossmap.sources.walkthrough`)."""
-    return [
-        Anchor(
-            key="tfk_train_step", title="Model.train_step: one training step (tf_keras)",
-            module=TRAINING, qualname="Model.train_step", explanation=EXPLAIN_TRAIN_STEP,
-            when=lambda a: a.model.compiled and not a.model.custom_train_step,
-            statements=[
-                Stmt(_assign_to("loss", m.Call(func=_self_attr("compute_loss"))), _note_forward,
-                     "loss = self.compute_loss(x, y, y_pred, sample_weight)"),
-                Stmt(_method_call(_self_attr("optimizer"), "minimize"),
-                     lambda a: f"the gradient of {_n(a.total.reproduced)} for every trainable weight",
-                     "self.optimizer.minimize(loss, self.trainable_variables, tape=tape)"),
-                Stmt(m.Call(func=_self_attr("compute_metrics")), "the logs, 'loss' among them",
-                     "return self.compute_metrics(x, y, y_pred, sample_weight)"),
-            ]),
-        Anchor(
-            key="tfk_compute_loss", title="Model.compute_loss: the compiled loss plus model.losses",
-            module=TRAINING, qualname="Model.compute_loss", explanation=EXPLAIN_COMPUTE_LOSS,
-            when=lambda a: not a.model.custom_compute_loss,
-            statements=[
-                Stmt(m.Call(func=_self_attr("compiled_loss")), _note_compute_loss_call,
-                     "return self.compiled_loss(y, y_pred, sample_weight, regularization_losses=self.losses)"),
-            ]),
-        Anchor(
-            key="tfk_container", title="LossesContainer.__call__: per output, weights, add_n",
-            module=COMPILE_UTILS, qualname="LossesContainer.__call__", explanation=EXPLAIN_CONTAINER,
-            statements=[
-                Stmt(_utils("apply_mask"), _note_apply_mask, "sw = losses_utils.apply_mask(...)",
-                     when=lambda a: bool(_masked(a))),
-                Stmt(_calls("loss_obj"), _note_loss_obj, "loss_value = loss_obj(y_t, y_p, sample_weight=sw)",
-                     when=lambda a: bool(_compiled(a))),
-                Stmt(_method_call(m.Name("metric_obj"), "update_state"), _note_metric,
-                     "metric_obj.update_state(total_loss_mean_value, ...)", when=lambda a: len(_compiled(a)) > 1),
-                Stmt(m.AugAssign(target=m.Name("loss_value"), operator=m.MultiplyAssign()), _note_weight,
-                     "loss_value *= loss_weight", when=lambda a: any(t.weight != 1.0 for t in _compiled(a))),
-                Stmt(_utils("scale_loss_for_distribution", args=[m.Arg(m.Name("loss_value"))]), _note_scale,
-                     "losses_utils.scale_loss_for_distribution(loss_value)", when=lambda a: bool(_compiled(a))),
-                Stmt(m.Call(func=m.Attribute(value=m.Name("tf"), attr=m.Name("add_n")),
-                            args=[m.Arg(m.Name("regularization_losses"))]),
-                     _note_reg_add_n, "reg_loss = tf.add_n(regularization_losses)", when=lambda a: bool(_extra(a))),
-                Stmt(m.Call(func=m.Attribute(value=m.Name("tf"), attr=m.Name("add_n")),
-                            args=[m.Arg(m.Name("loss_values"))]),
-                     _note_total, "total_loss = tf.add_n(loss_values)"),
-                Stmt(_method_call(_self_attr("_total_loss_mean"), "update_state"), _note_mean_tracker,
-                     "self._total_loss_mean.update_state(...)"),
-            ]),
-        Anchor(
-            key="tfk_loss_call", title="Loss.__call__: per-sample values, mask, reduction",
-            module=LOSSES, qualname="Loss.__call__", explanation=EXPLAIN_LOSS_CALL,
-            when=lambda a: bool(_via_loss_call(a)),
-            statements=[
-                Stmt(_assign_to("losses", _calls("call_fn")), None, "losses = call_fn(y_true, y_pred)"),
-                Stmt(_assign_to("reduction"), _note_reduction, "reduction = self._get_reduction()"),
-                Stmt(_utils("apply_valid_mask"), None, "losses_utils.apply_valid_mask(...)",
-                     when=lambda a: bool(_masked(a))),
-                Stmt(_utils("compute_weighted_loss"), _note_weighted, "losses_utils.compute_weighted_loss(...)"),
-            ]),
-        Anchor(
-            key="tfk_wrapper", title="LossFunctionWrapper.call: the loss function",
-            module=LOSSES, qualname="LossFunctionWrapper.call", explanation=EXPLAIN_WRAPPER,
-            when=lambda a: any(not t.opaque for t in _via_loss_call(a)),
-            statements=[
-                Stmt(_utils("squeeze_or_expand_dimensions"), None, "losses_utils.squeeze_or_expand_dimensions(...)"),
-                Stmt(_calls("ag_fn"), _note_fn, "return ag_fn(y_true, y_pred, **self._fn_kwargs)"),
-            ]),
-        Anchor(
-            key="tfk_logits", title="backend._get_logits: crossentropy from the attached logits",
-            module=BACKEND, qualname="_get_logits", explanation=EXPLAIN_LOGITS,
-            when=lambda a: bool(_findings(a, "CROSSENTROPY_FROM_LOGITS", "FROM_LOGITS_ON_PROBABILITIES")),
-            statements=[
-                Stmt(_assign_to("output_", m.Attribute(value=m.Name("output"), attr=m.Name("_keras_logits"))),
-                     _note_logits, "output_ = output._keras_logits"),
-            ]),
-        Anchor(
-            key="tfk_valid_mask", title="losses_utils.apply_valid_mask: a mask as weights",
-            module=LOSSES_UTILS, qualname="apply_valid_mask", explanation=EXPLAIN_VALID_MASK,
-            when=lambda a: bool(_masked(a)),
-            statements=[Stmt(m.AugAssign(target=m.Name("mask"), operator=m.MultiplyAssign()), None,
-                             "mask *= total / valid")]),
-        Anchor(
-            key="tfk_weighted", title="losses_utils.compute_weighted_loss and reduce_weighted_loss",
-            module=LOSSES_UTILS, qualname="reduce_weighted_loss", explanation=EXPLAIN_WEIGHTED,
-            when=lambda a: bool(_via_loss_call(a)),
-            statements=[
-                Stmt(_assign_to("loss", _tf("reduce_sum")), None, "loss = tf.reduce_sum(weighted_losses)"),
-                Stmt(_assign_to("loss", _calls("_safe_mean")), _note_weighted, "loss = _safe_mean(...)",
-                     when=lambda a: any(_reduction(t) in ("auto", "sum_over_batch_size", None)
-                                        for t in _via_loss_call(a))),
-            ]),
-        Anchor(
-            key="tfk_scale", title="losses_utils.scale_loss_for_distribution",
-            module=LOSSES_UTILS, qualname="scale_loss_for_distribution", explanation=EXPLAIN_SCALE,
-            when=lambda a: bool(_compiled(a)),
-            statements=[Stmt(m.If(test=m.Comparison(left=m.Name("num_replicas"))), _note_scale,
-                             "if num_replicas > 1:")]),
-        Anchor(
-            key="tfk_activity", title="Layer._handle_activity_regularization",
-            module=BASE_LAYER, qualname="Layer._handle_activity_regularization", explanation=EXPLAIN_ACTIVITY,
-            when=lambda a: bool(_kind(a, "activity_regularizer")),
-            statements=[
-                Stmt(m.Call(func=m.Attribute(attr=m.Name("divide_no_nan"))), _note_activity,
-                     "tf.math.divide_no_nan(activity_loss, batch_size)"),
-                Stmt(_method_call(m.Name("self"), "add_loss"), None, "self.add_loss(mean_activity_loss)"),
-            ]),
-        Anchor(
-            key="tfk_add_loss", title="Layer.add_loss: where the tensors are kept",
-            module=BASE_LAYER, qualname="Layer.add_loss", explanation=EXPLAIN_ADD_LOSS,
-            when=lambda a: any(t.kind in ("add_loss", "activity_regularizer") for t in a.terms),
-            statements=[Stmt(_method_call(_self_attr("_eager_losses"), "extend"), _note_eager_losses,
-                             "self._eager_losses.extend(eager_losses)")]),
-        Anchor(
-            key="tfk_losses", title="Layer.losses: model.losses, layer by layer",
-            module=BASE_LAYER, qualname="Layer.losses", explanation=EXPLAIN_LOSSES,
-            when=lambda a: bool(_extra(a)),
-            statements=[
-                Stmt(_method_call(m.Name("collected_losses"), "extend",
-                                  args=[m.Arg(m.Attribute(attr=m.Name("_eager_losses")))]), None,
-                     "collected_losses.extend(layer._eager_losses)",
-                     when=lambda a: any(t.kind in ("add_loss", "activity_regularizer") for t in a.terms)),
-                Stmt(m.For(iter=m.Attribute(value=m.Name("layer"), attr=m.Name("_callable_losses"))),
-                     _note_callable_losses, "for regularizer in layer._callable_losses:",
-                     when=lambda a: bool(_kind(a, "weight_regularizer"))),
-            ]),
-        Anchor(
-            key="tfk_weight_reg", title="Layer._handle_weight_regularization",
-            module=BASE_LAYER, qualname="Layer._handle_weight_regularization", explanation=EXPLAIN_WEIGHT_REG,
-            when=lambda a: bool(_kind(a, "weight_regularizer")),
-            statements=[Stmt(_assign_to("regularization", _calls("regularizer")), _note_regularizer,
-                             "regularization = regularizer(v)")]),
-    ]
+    return [build() for build in _BUILDERS]
