@@ -109,10 +109,10 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
     )
     if attribution is not None:
         analysis.findings += gradients_module.findings(attribution, terms)
-    if engine_diffs or (engine_diffs is None and eng.name == "tf_keras"):
+    if engine_diffs or (engine_diffs is None and eng.engine_diffs_by_default):
         from lossmap import engine_diff
 
-        diffs = engine_diff.differences(analysis, capture, engine_diff.facts(eng, m, sig))
+        diffs = engine_diff.differences(analysis, capture, eng.engine_facts(m, sig))
         analysis.findings += engine_diff.as_findings(diffs)
         analysis.engine_comparison = {"differences": diffs, "rows": None}
     if not restored:
@@ -129,7 +129,7 @@ def _sources(analysis, eng):
     from lossmap import sources  # libcst: imported when needed, not with lossmap
 
     try:
-        anchors = eng.walkthrough_anchors() if hasattr(eng, "walkthrough_anchors") else []
+        anchors = eng.walkthrough_anchors()
         analysis.walkthrough = sources.walkthrough(analysis, anchors)
     except Exception as exc:  # noqa: BLE001
         analysis.walkthrough = [sources.failed_step("walkthrough", "Source walkthrough", "", exc)]

@@ -6,7 +6,8 @@ The total is `Trainer.compute_loss`: `CompileLoss.__call__` (each output's
 
 This file: the engine's identity, loading, `model_info`, the signature and
 batch packing; the stages are in `capture.py`, `train_step.py`, `state.py`,
-the NumPy mirror in `rules.py`, and the report's anchors in `anchors.py`.
+the NumPy mirror in `rules.py`, the report's anchors in `anchors.py` (notes in
+`notes.py`) and the engine-difference citations and facts in `citations.py`.
 """
 from __future__ import annotations
 
@@ -62,6 +63,17 @@ class Keras3Engine(KerasEngine):
         from lossmap.engines.keras3 import anchors
 
         return anchors.anchors()
+
+    @classmethod
+    def citations(cls) -> dict:
+        from lossmap.engines.keras3 import citations
+
+        return citations.specs()
+
+    def engine_facts(self, model, sig: Signature) -> dict:
+        from lossmap.engines.keras3 import citations
+
+        return citations.facts(self, model, sig)
 
     # ------------------------------------------------------------ loading
     def load_archive(self, path: str, safe_mode: bool):

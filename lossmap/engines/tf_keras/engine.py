@@ -14,7 +14,9 @@ or not.
 
 This file: the engine's identity, loading, `model_info`, the signature and
 batch packing; the stages are in `capture.py`, `train_step.py`, `state.py`,
-the NumPy reproduction in `rules.py`, and the report's anchors in `anchors.py`.
+the NumPy reproduction in `rules.py`, the report's anchors in `anchors.py`
+(notes in `notes.py`) and the engine-difference citations and facts in
+`citations.py`.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class TfKerasEngine(KerasEngine):
     name = "tf_keras"
     label = "tf_keras"
     package = "tf_keras"
+    engine_diffs_by_default = True  # a tf_keras model is told where Keras 3 would differ
     rules = TF_KERAS  # rules.py: LossesContainer.__call__ and Loss.__call__ in NumPy
 
     def __init__(self):
@@ -73,6 +76,17 @@ class TfKerasEngine(KerasEngine):
         from lossmap.engines.tf_keras import anchors
 
         return anchors.anchors()
+
+    @classmethod
+    def citations(cls) -> dict:
+        from lossmap.engines.tf_keras import citations
+
+        return citations.specs()
+
+    def engine_facts(self, model, sig: Signature) -> dict:
+        from lossmap.engines.tf_keras import citations
+
+        return citations.facts(self, model, sig)
 
     # ------------------------------------------------------------ loading
     def load_archive(self, path: str, safe_mode: bool):
