@@ -88,6 +88,11 @@ def masked(a):
     return [t for t in via_loss_call(a) if has_step(t, "mask")]
 
 
+def gradient_of_total(a) -> str:
+    """The note on the line that differentiates the total (both engines' train_step)."""
+    return f"the gradient of {number(a.total.reproduced)} for every trainable weight"
+
+
 LIST_LIMIT = 8  # a note lists at most this many items, then says how many more
 
 

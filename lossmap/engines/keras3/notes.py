@@ -51,10 +51,6 @@ def train_compute(a):
     return f"loss = {_n(tot.reproduced)} for this batch (lossmap's reproduction){keras}"
 
 
-def gradient_of_total(a):
-    return f"the gradient of {_n(a.total.reproduced)} for every trainable weight"
-
-
 def optimizer(a):
     opt = (a.gradients or {}).get("optimizer")
     return f"{opt} applies the gradients of {_n(a.total.reproduced)}" if opt else \

@@ -200,18 +200,10 @@ class Keras3Rules(common.Rules):
 
     name = "keras3"
     LOSSES = LOSSES
-
-    def elementwise_loss(self, fn, y_true, y_pred, logits, kwargs, dtype, eps):
-        return elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps)
-
-    def reduce_weighted(self, values, sample_weight, mask, reduction):
-        return reduce_weighted_values(values, sample_weight, mask, reduction)
-
-    def l2_normalize(self, x, axis):
-        return l2_normalize(x, axis)
-
-    def backend_binary_crossentropy(self, t, out, logits, from_logits, dtype, eps):
-        return backend_binary_crossentropy(t, out, logits, from_logits, dtype, eps)
+    elementwise_loss = staticmethod(elementwise_loss)
+    reduce_weighted = staticmethod(reduce_weighted_values)
+    l2_normalize = staticmethod(l2_normalize)
+    backend_binary_crossentropy = staticmethod(backend_binary_crossentropy)
 
     def aggregate_additional(self, raw):
         """(value, step) of one entry of `model.losses`: `Trainer._aggregate_additional_loss` sums it."""

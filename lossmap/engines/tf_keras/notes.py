@@ -20,10 +20,6 @@ from lossmap.engines.common.anchor_kit import (
 
 
 # ---------------------------------------------------------------- notes
-def gradient_of_total(a):
-    return f"the gradient of {_n(a.total.reproduced)} for every trainable weight"
-
-
 def forward(a):
     return f"loss = {_n(a.total.reproduced)} for this batch (lossmap's reproduction)" + (
         f"; the real train_step logged {_n(a.total.train_step)}" if a.total.train_step is not None else "")

@@ -271,18 +271,10 @@ class TfKerasRules(common.Rules):
     name = "tf_keras"
     activity_division_site = "Layer._handle_activity_regularization"
     LOSSES = LOSSES
-
-    def elementwise_loss(self, fn, y_true, y_pred, logits, kwargs, dtype, eps):
-        return elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps)
-
-    def reduce_weighted(self, values, sample_weight, mask, reduction):
-        return reduce_weighted(values, sample_weight, mask, reduction)
-
-    def l2_normalize(self, x, axis):
-        return l2_normalize(x, axis)
-
-    def backend_binary_crossentropy(self, t, out, logits, from_logits, dtype, eps):
-        return backend_binary_crossentropy(t, out, logits, from_logits, dtype, eps)
+    elementwise_loss = staticmethod(elementwise_loss)
+    reduce_weighted = staticmethod(reduce_weighted)
+    l2_normalize = staticmethod(l2_normalize)
+    backend_binary_crossentropy = staticmethod(backend_binary_crossentropy)
 
     def aggregate_additional(self, raw):
         """(value, step) of one entry of `model.losses`: tf_keras adds it unreduced.
