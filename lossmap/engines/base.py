@@ -132,6 +132,7 @@ class Engine:
     label = "?"  # how messages name it ("Keras 3")
     package = "?"  # the top-level Python package of this Keras ("keras")
     engine_diffs_by_default = False  # the ENGINE_DIFF_* findings without --compare-engines
+    reason: Optional[str] = None  # why this engine explains the model, in words (set by `lossmap.load`)
     # How this Keras reduces and adds the terms, as NumPy mirrors (`<engine>/rules.py`):
     # what `lossmap.terms` reproduces each term with.
     rules: Any = None

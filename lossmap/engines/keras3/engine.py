@@ -32,6 +32,8 @@ def _keras():
 
 
 class Keras3Engine(KerasEngine):
+    """Keras 3 on the TensorFlow backend (see the module docstring)."""
+
     name = "keras3"
     label = "Keras 3"
     package = "keras"

@@ -44,6 +44,8 @@ def _tf_keras():
 
 
 class TfKerasEngine(KerasEngine):
+    """tf_keras 2.x, the legacy Keras (see the module docstring); making one needs tf_keras installed."""
+
     name = "tf_keras"
     label = "tf_keras"
     package = "tf_keras"
