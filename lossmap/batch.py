@@ -59,7 +59,7 @@ def _is_numpy_dtype(dtype):
 
 def synthetic_labels(rng, pred_shape, pred_dtype, loss_fn):
     """Valid targets for `loss_fn` on predictions of `pred_shape`."""
-    from lossmap.engines.keras3 import LABEL_KIND
+    from lossmap.engines.common.rules import LABEL_KIND
 
     dtype = pred_dtype if np.dtype(pred_dtype).kind == "f" else "float32"
     kind = LABEL_KIND.get(loss_fn or "", "real")

@@ -20,9 +20,9 @@ from lossmap.errors import UserError
 
 
 def _modules():
-    from lossmap.engines.tf_keras import tf_keras_installed
+    from lossmap.engines import engine_class
 
-    if not tf_keras_installed():
+    if not engine_class("tf_keras").installed():
         raise UserError("--compare-engines needs both engines, and tf_keras is not installed: pip install tf_keras")
     import keras
     import tf_keras
@@ -48,16 +48,15 @@ def build_both(spec: str, imports=(), unsafe=False) -> dict:
                                 "(use the module it is given for every layer)")
         return models
     meta = load_module.archive_metadata(spec)
-    from lossmap.engines.keras3 import Keras3Engine
-    from lossmap.engines.tf_keras import TfKerasEngine
+    from lossmap.engines import engine_class
 
     models = {}
     try:
-        models["tf_keras"] = TfKerasEngine().load_archive(spec, safe_mode=not unsafe)
+        models["tf_keras"] = engine_class("tf_keras")().load_archive(spec, safe_mode=not unsafe)
     except UserError as exc:
         raise UserError(f"--compare-engines: tf_keras cannot load {os.path.basename(spec)}: {exc}") from exc
     try:
-        models["keras3"] = Keras3Engine().load_archive(spec, safe_mode=not unsafe)
+        models["keras3"] = engine_class("keras3")().load_archive(spec, safe_mode=not unsafe)
     except UserError as exc:
         raise UserError(f"--compare-engines: Keras 3 cannot load {os.path.basename(spec)} "
                         f"(saved by Keras {meta.get('keras_version') or '?'}): {exc}") from exc
@@ -93,7 +92,7 @@ def analyse_both(spec, data=None, *, batch_size=8, seed=0, imports=(), unsafe=Fa
 
     `options` go to `lossmap.pipeline.analyse` for both runs (rtol, atol, gradients, ...).
     """
-    from lossmap.engines.tf_keras import TfKerasEngine
+    from lossmap.engines import engine_class
     from lossmap.pipeline import analyse
 
     spec = os.fspath(spec)
@@ -104,7 +103,7 @@ def analyse_both(spec, data=None, *, batch_size=8, seed=0, imports=(), unsafe=Fa
     if random_layers:
         weights_note += (f"; {', '.join(random_layers)} draw random numbers in training mode, and the two engines "
                          "draw differently, so terms downstream of them differ by chance as well")
-    arrays, batch = _batch_arrays(TfKerasEngine(), models["tf_keras"], data, batch_size, seed)
+    arrays, batch = _batch_arrays(engine_class("tf_keras")(), models["tf_keras"], data, batch_size, seed)
     if isinstance(arrays[1], list) and all(v is None for v in arrays[1]):
         arrays = (arrays[0], None) + tuple(arrays[2:])
     results = {}

@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from lossmap.engines import engine_of, make_engine
 from lossmap.errors import UserError
 from lossmap.quiet import import_tensorflow
 
@@ -191,19 +192,13 @@ def _attr_text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _object_engine(obj) -> str:
-    from lossmap.engines.tf_keras import is_tf_keras_object
-
-    return "tf_keras" if is_tf_keras_object(obj) else "keras3"
-
-
 def engine_for(requested: str = "auto", metadata: Optional[dict] = None, obj: Any = None):
     """(engine name, reason) for a model: see the module docstring. Never imports Keras."""
     if requested not in ENGINES:
         raise UserError(f"unknown engine {requested!r}; choose auto, keras3 or tf_keras")
     legacy_env = os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true")
     if obj is not None:
-        actual = _object_engine(obj)
+        actual = engine_of(obj)
         what = "a tf_keras model (tf_keras.Model)" if actual == "tf_keras" else "a Keras 3 model (keras.Model)"
         if requested not in ("auto", actual):
             raise UserError(f"--engine {requested} was asked for, but the model is {what}: run with "
@@ -229,17 +224,6 @@ def engine_for(requested: str = "auto", metadata: Optional[dict] = None, obj: An
     if legacy_env:
         return "tf_keras", "TF_USE_LEGACY_KERAS=1"
     return "keras3", "the default (nothing asks for tf_keras)"
-
-
-def make_engine(name: str):
-    import_tensorflow()
-    if name == "tf_keras":
-        from lossmap.engines.tf_keras import TfKerasEngine
-
-        return TfKerasEngine()  # a UserError saying `pip install tf_keras` when it is missing
-    from lossmap.engines.keras3 import Keras3Engine
-
-    return Keras3Engine()
 
 
 def choose_engine(requested: str = "auto", metadata: Optional[dict] = None, obj: Any = None):

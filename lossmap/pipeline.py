@@ -162,10 +162,10 @@ def _findings(analysis, eng, m, sig, capture, verification, engine_diffs):
     )
     if analysis.gradients is not None:
         analysis.findings += gradients_module.findings(analysis.gradients, analysis.terms)
-    if engine_diffs or (engine_diffs is None and eng.name == "tf_keras"):
+    if engine_diffs or (engine_diffs is None and eng.engine_diffs_by_default):
         from lossmap import engine_diff
 
-        diffs = engine_diff.differences(analysis, capture, engine_diff.facts(eng, m, sig))
+        diffs = engine_diff.differences(analysis, capture, eng.engine_facts(m, sig))
         analysis.findings += engine_diff.as_findings(diffs)
         analysis.engine_comparison = {"differences": diffs, "rows": None}
     if not analysis.state_restored:
@@ -179,7 +179,7 @@ def _sources(analysis, eng):
     from lossmap import sources  # libcst: imported when needed, not with lossmap
 
     try:
-        anchors = eng.walkthrough_anchors() if hasattr(eng, "walkthrough_anchors") else []
+        anchors = eng.walkthrough_anchors()
         analysis.walkthrough = sources.walkthrough(analysis, anchors)
     except Exception as exc:  # noqa: BLE001
         analysis.walkthrough = [sources.failed_step("walkthrough", "Source walkthrough", "", exc)]

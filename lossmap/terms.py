@@ -3,22 +3,22 @@
 Reads an engine's `Capture` (plain arrays and configs) and returns `Term`s
 whose values come from NumPy mirrors of the engine's Keras (`rules`: its
 elementwise losses, reductions, regularizers, how an entry of `model.losses` is
-aggregated and how the terms are added; `lossmap.reproduce.KERAS3` when none
-is given, `lossmap.reproduce_tf_keras.TF_KERAS` for tf_keras), not from
-Keras's objects. A user-defined loss or regularizer is called as it is; its
-term is `opaque`.
+aggregated and how the terms are added: `Engine.rules`, from the engine's
+`rules.py`; the default engine's when none is given), not from Keras's
+objects. A user-defined loss or regularizer is called as it is; its term is
+`opaque`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from lossmap import reproduce
 from lossmap.analysis import Term
+from lossmap.engines import default_rules
 from lossmap.engines.base import AdditionalCapture, Capture, CompiledCapture
 
 
 def build_terms(capture: Capture, rules=None) -> list:
-    rules = rules or reproduce.KERAS3
+    rules = rules or default_rules()
     terms = [compiled_term(c, capture, rules) for c in capture.compiled]
     terms += [additional_term(a, capture, rules) for a in capture.additional]
     return terms
@@ -30,7 +30,7 @@ def _as_value(arr):
 
 
 def compiled_term(c: CompiledCapture, capture: Capture, rules=None) -> Term:
-    rules = rules or reproduce.KERAS3
+    rules = rules or default_rules()
     steps = []
     opaque = c.fn is None
     if c.overrides_call:
@@ -91,7 +91,7 @@ def _combine_masks(in_mask, out_mask):
 
 
 def additional_term(a: AdditionalCapture, capture: Capture, rules=None) -> Term:
-    rules = rules or reproduce.KERAS3
+    rules = rules or default_rules()
     steps = []
     if a.kind == "add_loss":
         value, step = rules.aggregate_additional(a.raw)
@@ -150,6 +150,5 @@ def _fmt_config(config):
 
 
 def reproduce_total(terms, rules=None) -> float:
-    """Add the terms the way the engine's Keras does (Keras 3's compute_loss when no rules are given:
-    compiled first, then the rest)."""
-    return (rules or reproduce.KERAS3).add_terms(terms)
+    """Add the terms the way the engine's Keras does (the default engine's when no rules are given)."""
+    return (rules or default_rules()).add_terms(terms)

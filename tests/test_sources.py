@@ -21,8 +21,9 @@ import lossmap
 from lossmap import pipeline, sources
 from lossmap.sources import index
 from lossmap.analysis import Term
-from lossmap.engines import keras3_anchors
-from lossmap.engines.keras3 import code_origin
+from lossmap.engines.common.anchor_kit import number
+from lossmap.engines.common.helpers import code_origin
+from lossmap.engines.keras3 import anchors as keras3_anchors
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Gradients do not exist:UserWarning")]
 
@@ -227,7 +228,7 @@ def test_highlighted_lines_hold_their_statements(full, key):
 
 def test_notes_carry_the_models_names_and_numbers(full):
     cls, seq = full.term("compiled/cls"), full.term("compiled/seq")
-    n = keras3_anchors._n
+    n = number
     mult = line_with_note(step(full, "compiled_loss"), "multiplied by 0.4")
     assert "multiply" in mult.text and "loss_weight" in mult.text
     assert f"cls's {n(cls.value)} is multiplied by 0.4" in mult.note

@@ -448,7 +448,7 @@ def test_activity_per_output_logs_distribution_and_bce_differences(tmp_path):
 
 # ---------------------------------------------------------------- the reproduction's tf_keras numerics
 def test_tf_keras_reductions_and_masks():
-    from lossmap import reproduce_tf_keras as r
+    from lossmap.engines.tf_keras import rules as r
 
     values = np.array([1.0, 2.0, 3.0, 4.0])
     mask = np.array([1, 1, 0, 0])

@@ -120,13 +120,118 @@ class Verification:
 
 
 class Engine:
-    """Base class; see `lossmap.engines.keras3.Keras3Engine` and `lossmap.engines.tf_keras.TfKerasEngine`."""
+    """What the pipeline, `lossmap.compare` and `lossmap.engine_diff` call on an engine.
 
-    name = "?"
-    # How this Keras reduces and adds the terms, as NumPy mirrors (`lossmap.reproduce.KERAS3`,
-    # `lossmap.reproduce_tf_keras.TF_KERAS`): what `lossmap.terms` reproduces each term with.
+    Implemented by `lossmap.engines.keras3.Keras3Engine` and
+    `lossmap.engines.tf_keras.TfKerasEngine` (shared code in `lossmap.engines.common`).
+    Class attributes and class methods work without Keras installed; the rest
+    needs an instance (`lossmap.engines.make_engine`).
+    """
+
+    name = "?"  # "keras3" | "tf_keras": ModelInfo.engine, the JSON's model.engine
+    label = "?"  # how messages name it ("Keras 3")
+    package = "?"  # the top-level Python package of this Keras ("keras")
+    engine_diffs_by_default = False  # the ENGINE_DIFF_* findings without --compare-engines
+    reason: Optional[str] = None  # why this engine explains the model, in words (set by `lossmap.load`)
+    # How this Keras reduces and adds the terms, as NumPy mirrors (`<engine>/rules.py`):
+    # what `lossmap.terms` reproduces each term with.
     rules: Any = None
 
+    # ------------------------------------------------------------ identity (no Keras needed)
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether this Keras can be imported here."""
+        raise NotImplementedError
+
+    @classmethod
+    def owns(cls, obj) -> bool:
+        """Whether `obj` (a live model) belongs to this Keras, by its classes' modules, without importing Keras."""
+        raise NotImplementedError
+
+    @classmethod
+    def citations(cls) -> dict:
+        """This engine's half of the engine-difference citations (`lossmap.engine_diff.cite`).
+
+        key -> (module, qualname, [(libcst matcher, label[, within matcher]), ...]).
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ identity
+    def version(self) -> str:
+        """The installed Keras's version."""
+        raise NotImplementedError
+
+    def backend(self) -> str:
+        """The Keras backend's name ("tensorflow")."""
+        raise NotImplementedError
+
+    def is_model(self, obj) -> bool:
+        """Whether `obj` is a model of this Keras."""
+        raise NotImplementedError
+
+    def summation(self) -> str:
+        """How this Keras adds the terms into the total, in one line (JSON `total.summation`)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ loading and the model
+    def load_archive(self, path: str, safe_mode: bool):
+        """The model saved at `path`; any failure is a one-line `UserError` saying what to do."""
+        raise NotImplementedError
+
+    def model_info(self, model, source: str, saved_with: Optional[str]):
+        """`lossmap.analysis.ModelInfo` of a live model."""
+        raise NotImplementedError
+
+    def signature(self, model) -> Signature:
+        """What a batch for `model` must look like."""
+        raise NotImplementedError
+
+    def pack_batch(self, model, sig: Signature, batch: Batch):
+        """(x, y, sample_weight) of `batch` in the structures `model` takes."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the stages
+    def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
+        """One training-mode forward pass; with keep_tape, recorded for attribute_gradients."""
+        raise NotImplementedError
+
+    def verify_train_step(self, model, batch: Batch, sig: Signature) -> Verification:
+        """The loss the model's real `train_step` logs on `batch` (the caller restores the state)."""
+        raise NotImplementedError
+
+    def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
+                            total_gradient=None, capture: Optional[Capture] = None):
+        """Fold each term's gradient into a `lossmap.gradients.Accumulator`; returns (acc, notes)."""
+        raise NotImplementedError
+
+    def optimizer_name(self, model) -> Optional[str]:
+        """The class name of the optimizer that applies the gradients (None without one)."""
+        raise NotImplementedError
+
+    def frozen_regularized_variables(self, model) -> list:
+        """Paths of non-trainable regularized variables this Keras leaves out (REGULARIZER_ON_FROZEN_WEIGHT)."""
+        raise NotImplementedError
+
+    def engine_facts(self, model, sig: Signature) -> dict:
+        """What `lossmap.engine_diff.differences` needs beyond the terms: `engine`, `outputs`,
+        `output_names`, `replicas`, `loss_weights` and `losses` as the user gave them, `frozen_regularized`."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ state and randomness
+    def state(self, model):
+        """A snapshot of every variable a run can touch: `.restore()`, and `.identical()` (bit for bit)."""
+        raise NotImplementedError
+
+    def seed_random(self, seed: int):
+        """Make the random draws of the next pass the same as every other pass's."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the report
+    def walkthrough_anchors(self) -> list:
+        """The installed Keras functions behind the total, as `lossmap.sources.Anchor`s (none by default)."""
+        return []
+
+    # ------------------------------------------------------------ the NumPy mirror
     def reduce_weighted(self, values, sample_weight, mask, reduction):
         """A compiled loss's per-sample values reduced as this Keras's `Loss.__call__` does."""
         return self.rules.reduce_weighted(values, sample_weight, mask, reduction)
@@ -134,36 +239,3 @@ class Engine:
     def add_terms(self, terms) -> float:
         """The terms added as this Keras adds them into the total."""
         return self.rules.add_terms(terms)
-
-    def version(self) -> str:
-        raise NotImplementedError
-
-    def backend(self) -> str:
-        raise NotImplementedError
-
-    def load_archive(self, path: str, safe_mode: bool):
-        raise NotImplementedError
-
-    def is_model(self, obj) -> bool:
-        raise NotImplementedError
-
-    def model_info(self, model, source: str, saved_with: Optional[str]):
-        raise NotImplementedError
-
-    def signature(self, model) -> Signature:
-        raise NotImplementedError
-
-    def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
-        """One training-mode forward pass; with keep_tape, recorded for attribute_gradients."""
-        raise NotImplementedError
-
-    def verify_train_step(self, model, batch: Batch, sig: Signature) -> Verification:
-        raise NotImplementedError
-
-    def summation(self) -> str:
-        raise NotImplementedError
-
-    def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
-                            total_gradient=None, capture: Optional[Capture] = None):
-        """Fold each term's gradient into a `lossmap.gradients.Accumulator`; returns (acc, notes)."""
-        raise NotImplementedError

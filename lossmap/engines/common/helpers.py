@@ -1,11 +1,13 @@
 """Helpers every engine needs, whatever Keras it knows: NumPy conversion, JSON-safe
-configs, dense gradients, metric lists, one-line errors, where user code lives, and
-the by-value snapshot of a model's state.
+configs, dense gradients, metric lists, one-line errors, where user code lives,
+batch structures, load errors in words, and the facts engine differences read.
 """
 from __future__ import annotations
 
 import inspect
 import json
+import os
+import re
 from typing import Optional
 
 import numpy as np
@@ -102,29 +104,51 @@ def code_origin(obj) -> Optional[dict]:
     }
 
 
-class VariableSnapshot:
-    """Every variable a forward pass or a train step can touch, by value, and a bit-for-bit check.
+def pack(kind, names, arrays):
+    """Arrays in a model's structure: "single" (the one array), "dict" (by name) or "list"."""
+    if kind == "single":
+        return arrays[0]
+    if kind == "dict":
+        return dict(zip(names, arrays))
+    return list(arrays)
 
-    `variables` is the engine's list of stateful variables; metrics built lazily during
-    the run are reset to their initial state on restore.
-    """
 
-    def __init__(self, model, variables):
-        self.model = model
-        self.variables = list(variables)
-        self.values = [np.array(v.numpy(), copy=True) for v in self.variables]
-        self.metric_ids = {id(m) for m in all_metrics(model)}
+def int_input_bound(model) -> int:
+    """Exclusive bound for synthetic integer inputs: the smallest Embedding's input_dim (2 without one)."""
+    bound = None
+    for layer in model._flatten_layers(include_self=False):
+        if type(layer).__name__ == "Embedding":
+            dim = int(layer.input_dim)
+            bound = dim if bound is None else min(bound, dim)
+    return bound or 2
 
-    def restore(self):
-        for v, value in zip(self.variables, self.values):
-            v.assign(value)
-        for m in all_metrics(self.model):
-            if id(m) not in self.metric_ids:
-                m.reset_state()
 
-    def identical(self) -> bool:
-        for v, value in zip(self.variables, self.values):
-            now = np.array(v.numpy())
-            if now.dtype != value.dtype or now.shape != value.shape or now.tobytes() != value.tobytes():
-                return False
-        return True
+def explain_load_error(path, exc) -> str:
+    """Why Keras could not load `path`, in one line that says what to do."""
+    text = str(exc)
+    name = os.path.basename(path)
+    if "safe_mode" in text or "unsafe" in text.lower() and "lambda" in text.lower():
+        return (f"{name} contains code (such as a Lambda layer) that Keras's safe mode refuses to "
+                "load; if you trust the file, run again with --unsafe")
+    missing = re.search(r"Could not locate (class|function) '([^']+)'", text)
+    if missing:
+        module = re.search(r"Full object config: \{'module': '([^']+)'", text)
+        module = module.group(1) if module and module.group(1) not in ("builtins", "__main__") else None
+        where = f" (defined in module {module})" if module else ""
+        how = f"--import {module}" if module else "--import MODULE"
+        return (f"{name} uses a custom {missing.group(1)} '{missing.group(2)}'{where} that Keras does not know; "
+                f"import the module that defines and registers it with {how} (a module name or path/to/file.py), "
+                "or load the model through a factory file.py:function")
+    if "Could not locate" in text or "Unknown" in text and ("layer" in text or "object" in text or "loss" in text):
+        first = one_line(exc)
+        return (f"{name} uses a custom object Keras does not know ({first}); register it with "
+                "--import MODULE (the module that defines it) or load through a factory file.py:function")
+    return f"could not load {name} as a Keras 3 model: {one_line(exc)}"
+
+
+def shared_facts(engine, sig) -> dict:
+    """The part of `Engine.engine_facts` every engine fills the same way."""
+    import tensorflow as tf
+
+    return {"engine": engine.name, "outputs": len(sig.outputs), "output_names": [o.name for o in sig.outputs],
+            "replicas": int(tf.distribute.get_strategy().num_replicas_in_sync)}

@@ -2,8 +2,8 @@
 
 Each function mirrors one function of the installed tf_keras source (named in
 its docstring) without calling it. Where tf_keras and Keras 3 compute the same
-thing the Keras 3 mirror (`lossmap.reproduce`) is reused; everything below is
-where tf_keras differs:
+thing, `lossmap.engines.common.rules` holds it; everything below is where
+tf_keras differs:
 
 - `LossesContainer.__call__` (engine/compile_utils.py): `match_dtype_and_rank`,
   then the prediction's `_keras_mask` multiplied into the sample weights, then
@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lossmap import reproduce as k3
+from lossmap.engines.common import rules as common
+from lossmap.engines.common.rules import clip_like_keras, f64 as _f64, log_softmax, sigmoid, smooth_binary, smooth_categorical
 
 L2_NORMALIZE_EPSILON = 1e-12  # tf.math.l2_normalize's default
-
-
-def _f64(x):
-    return np.asarray(x, np.float64)
 
 
 # ---------------------------------------------------------------- shapes (losses_utils)
@@ -144,19 +141,8 @@ def _get_reduction(reduction):
     return reduction
 
 
-# ---------------------------------------------------------------- elementwise losses
-def _clip(p, dtype, eps):
-    return k3._clip_like_keras(p, dtype, eps)
-
-
-def _maybe_convert_labels(y_true):
-    """Mirror of tf_keras.src.losses._maybe_convert_labels."""
-    if np.all((y_true == 0) | (y_true == 1)):
-        return 2.0 * y_true - 1.0
-    return y_true
-
-
-def _l2_normalize(x, axis):
+# ---------------------------------------------------------------- backend (tf_keras.src.backend)
+def l2_normalize(x, axis):
     """Mirror of tf.math.l2_normalize: x * rsqrt(max(sum(x^2), 1e-12))."""
     sq = np.sum(np.square(x), axis=axis, keepdims=True)
     return x / np.sqrt(np.maximum(sq, L2_NORMALIZE_EPSILON))
@@ -178,24 +164,12 @@ def backend_binary_crossentropy(t, out, logits, from_logits, dtype, eps):
     return -(t * pos + (1 - t) * neg)
 
 
-def backend_categorical_crossentropy(t, out, logits, from_logits, axis, dtype, eps):
-    """Mirror of tf_keras.src.backend.categorical_crossentropy."""
-    if logits is not None:
-        out, from_logits = logits, True
-    if from_logits:
-        return -np.sum(t * k3._log_softmax(out, axis), axis=axis)
-    o = _f64(out)
-    o = o / np.sum(o, axis=axis, keepdims=True)
-    o = _clip(o, dtype, eps)
-    return -np.sum(t * np.log(o), axis=axis)
-
-
 def backend_sparse_categorical_crossentropy(t, out, logits, from_logits, axis, ignore_class, dtype, eps):
     """Mirror of tf_keras.src.backend.sparse_categorical_crossentropy. Returns (values, mask)."""
     t = np.asarray(t).astype(np.int64)
     if logits is not None:
         out, from_logits = logits, True
-    z = _f64(out) if from_logits else np.log(_clip(out, dtype, eps))
+    z = _f64(out) if from_logits else np.log(clip_like_keras(out, dtype, eps))
     rank = z.ndim
     axis = axis % rank
     if axis != rank - 1:
@@ -209,7 +183,7 @@ def backend_sparse_categorical_crossentropy(t, out, logits, from_logits, axis, i
     if ignore_class is not None:
         valid = t != ignore_class
         t = np.where(valid, t, 0)
-    ls = k3._log_softmax(z, -1)
+    ls = log_softmax(z, -1)
     res = -np.take_along_axis(ls, t[..., None], axis=-1)[..., 0]
     if valid is not None:
         res = np.where(valid, res, 0.0).reshape(out_shape[:-1])
@@ -219,8 +193,52 @@ def backend_sparse_categorical_crossentropy(t, out, logits, from_logits, axis, i
     return res, None
 
 
-def _sigmoid(x):
-    return k3._sigmoid(x)
+# ---------------------------------------------------------------- elementwise losses (tf_keras.src.losses)
+def _binary_focal_crossentropy(r, y_true, y_pred, logits, kw, dtype, eps):
+    t = smooth_binary(y_true, kw)
+    from_logits = bool(kw.get("from_logits", False))
+    sigmoidal = sigmoid(y_pred) if from_logits else y_pred
+    p_t = t * sigmoidal + (1 - t) * (1 - sigmoidal)
+    focal = np.power(1.0 - p_t, float(kw.get("gamma", 2.0)))
+    bce = backend_binary_crossentropy(t, y_pred, logits, from_logits, dtype, eps)
+    out = focal * bce
+    if kw.get("apply_class_balancing", False):
+        alpha = float(kw.get("alpha", 0.25))
+        out = (t * alpha + (1 - t) * (1 - alpha)) * out
+    return np.mean(out, axis=kw.get("axis", -1)), None
+
+
+def _categorical_focal_crossentropy(r, y_true, y_pred, logits, kw, dtype, eps):
+    axis = kw.get("axis", -1)
+    t = smooth_categorical(y_true, kw, -1)
+    out, from_logits = y_pred, bool(kw.get("from_logits", False))
+    if logits is not None:
+        out, from_logits = logits, True
+    p = np.exp(log_softmax(out, axis)) if from_logits else _f64(out)
+    o = p / np.sum(p, axis=axis, keepdims=True)
+    o = clip_like_keras(o, dtype, eps)
+    cce = -t * np.log(o)
+    focal = np.power(1.0 - o, float(kw.get("gamma", 2.0))) * float(kw.get("alpha", 0.25)) * cce
+    return np.sum(focal, axis=axis), None
+
+
+def _sparse_categorical_crossentropy(r, y_true, y_pred, logits, kw, dtype, eps):
+    return backend_sparse_categorical_crossentropy(
+        y_true, y_pred, logits, bool(kw.get("from_logits", False)), kw.get("axis", -1),
+        kw.get("ignore_class", None), dtype, eps)
+
+
+LOSSES = {
+    **common.LOSSES,
+    "binary_focal_crossentropy": _binary_focal_crossentropy,
+    "categorical_focal_crossentropy": _categorical_focal_crossentropy,
+    "sparse_categorical_crossentropy": _sparse_categorical_crossentropy,
+}
+BUILTIN_LOSS_FUNCTIONS = frozenset(LOSSES)
+BUILTIN_REGULARIZERS = frozenset(common.REGULARIZERS)
+
+# The functions whose labels reach the backend as they are (integer class ids), not as float64.
+_INTEGER_LABELS = frozenset({"sparse_categorical_crossentropy"})
 
 
 def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps):
@@ -236,136 +254,27 @@ def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps):
     y_pred, y_true = y_pred2, y_true2
     if logits is not None and np.shape(logits) != y_pred.shape:
         logits = None
-    if fn == "sparse_categorical_crossentropy":
-        return backend_sparse_categorical_crossentropy(
-            y_true, y_pred, logits, bool(kw.get("from_logits", False)), kw.get("axis", -1),
-            kw.get("ignore_class", None), dtype, eps)
-    y_true = _f64(y_true)
-    if fn == "mean_squared_error":
-        return np.mean(np.square(y_pred - y_true), axis=-1), None
-    if fn == "mean_absolute_error":
-        return np.mean(np.abs(y_pred - y_true), axis=-1), None
-    if fn == "mean_absolute_percentage_error":
-        return 100.0 * np.mean(np.abs((y_true - y_pred) / np.maximum(np.abs(y_true), eps)), axis=-1), None
-    if fn == "mean_squared_logarithmic_error":
-        a = np.log(np.maximum(y_pred, eps) + 1.0)
-        b = np.log(np.maximum(y_true, eps) + 1.0)
-        return np.mean(np.square(a - b), axis=-1), None
-    if fn == "squared_hinge":
-        t = _maybe_convert_labels(y_true)
-        return np.mean(np.square(np.maximum(1.0 - t * y_pred, 0.0)), axis=-1), None
-    if fn == "hinge":
-        t = _maybe_convert_labels(y_true)
-        return np.mean(np.maximum(1.0 - t * y_pred, 0.0), axis=-1), None
-    if fn == "categorical_hinge":
-        pos = np.sum(y_true * y_pred, axis=-1)
-        neg = np.max((1.0 - y_true) * y_pred, axis=-1)
-        return np.maximum(neg - pos + 1.0, 0.0), None
-    if fn == "huber":
-        delta = float(kw.get("delta", 1.0))
-        err = y_pred - y_true
-        a = np.abs(err)
-        return np.mean(np.where(a <= delta, 0.5 * np.square(err), delta * a - 0.5 * delta ** 2), axis=-1), None
-    if fn == "log_cosh":
-        x = y_pred - y_true
-        return np.mean(x + np.logaddexp(0.0, -2.0 * x) - np.log(2.0), axis=-1), None
-    if fn == "kl_divergence":
-        t = np.clip(y_true, eps, 1)
-        p = np.clip(y_pred, eps, 1)
-        return np.sum(t * np.log(t / p), axis=-1), None
-    if fn == "poisson":
-        return np.mean(y_pred - y_true * np.log(y_pred + eps), axis=-1), None
-    if fn == "cosine_similarity":
-        axis = kw.get("axis", -1)
-        return -np.sum(_l2_normalize(y_true, axis) * _l2_normalize(y_pred, axis), axis=axis), None
-    if fn == "binary_crossentropy":
-        ls = float(kw.get("label_smoothing", 0.0) or 0.0)
-        t = y_true * (1.0 - ls) + 0.5 * ls if ls else y_true
-        bce = backend_binary_crossentropy(t, y_pred, logits, bool(kw.get("from_logits", False)), dtype, eps)
-        return np.mean(bce, axis=kw.get("axis", -1)), None
-    if fn == "binary_focal_crossentropy":
-        ls = float(kw.get("label_smoothing", 0.0) or 0.0)
-        t = y_true * (1.0 - ls) + 0.5 * ls if ls else y_true
-        from_logits = bool(kw.get("from_logits", False))
-        sigmoidal = _sigmoid(y_pred) if from_logits else y_pred
-        p_t = t * sigmoidal + (1 - t) * (1 - sigmoidal)
-        focal = np.power(1.0 - p_t, float(kw.get("gamma", 2.0)))
-        bce = backend_binary_crossentropy(t, y_pred, logits, from_logits, dtype, eps)
-        out = focal * bce
-        if kw.get("apply_class_balancing", False):
-            alpha = float(kw.get("alpha", 0.25))
-            out = (t * alpha + (1 - t) * (1 - alpha)) * out
-        return np.mean(out, axis=kw.get("axis", -1)), None
-    if fn == "categorical_crossentropy":
-        ls = float(kw.get("label_smoothing", 0.0) or 0.0)
-        axis = kw.get("axis", -1)
-        t = y_true * (1.0 - ls) + ls / y_true.shape[axis] if ls else y_true
-        return backend_categorical_crossentropy(
-            t, y_pred, logits, bool(kw.get("from_logits", False)), axis, dtype, eps), None
-    if fn == "categorical_focal_crossentropy":
-        ls = float(kw.get("label_smoothing", 0.0) or 0.0)
-        axis = kw.get("axis", -1)
-        t = y_true * (1.0 - ls) + ls / y_true.shape[-1] if ls else y_true
-        out, from_logits = y_pred, bool(kw.get("from_logits", False))
-        if logits is not None:
-            out, from_logits = logits, True
-        p = np.exp(k3._log_softmax(out, axis)) if from_logits else _f64(out)
-        o = p / np.sum(p, axis=axis, keepdims=True)
-        o = _clip(o, dtype, eps)
-        cce = -t * np.log(o)
-        focal = np.power(1.0 - o, float(kw.get("gamma", 2.0))) * float(kw.get("alpha", 0.25)) * cce
-        return np.sum(focal, axis=axis), None
-    raise KeyError(fn)
-
-
-BUILTIN_LOSS_FUNCTIONS = k3.BUILTIN_LOSS_FUNCTIONS
-
-
-# ---------------------------------------------------------------- regularizers
-BUILTIN_REGULARIZERS = frozenset({"L1", "L2", "L1L2", "OrthogonalRegularizer"})
+    if fn not in _INTEGER_LABELS:
+        y_true = _f64(y_true)
+    return LOSSES[fn](TF_KERAS, y_true, y_pred, logits, kw, dtype, eps)
 
 
 def regularizer_value(cls_name, config, x):
     """Mirror of tf_keras.src.regularizers.<cls_name>.__call__."""
-    x = _f64(x)
-    if cls_name == "L1":
-        return float(config["l1"]) * np.sum(np.abs(x))
-    if cls_name == "L2":
-        return float(config["l2"]) * np.sum(np.square(x))  # 2 * l2 * tf.nn.l2_loss(x)
-    if cls_name == "L1L2":
-        l1, l2 = float(config.get("l1") or 0.0), float(config.get("l2") or 0.0)
-        out = 0.0
-        if l1:
-            out += l1 * np.sum(np.abs(x))
-        if l2:
-            out += l2 * np.sum(np.square(x))
-        return out
-    if cls_name == "OrthogonalRegularizer":
-        rows = config.get("mode", "rows") == "rows"
-        n = _l2_normalize(x, 1 if rows else 0)
-        product = n @ n.T if rows else n.T @ n
-        size = product.shape[0]
-        off = product * (1.0 - np.eye(size))
-        pairs = size * (size - 1.0) / 2.0
-        return float(config["factor"]) * 0.5 * np.sum(np.abs(off)) / pairs
-    raise KeyError(cls_name)
+    return TF_KERAS.regularizer_value(cls_name, config, x)
 
 
 # ---------------------------------------------------------------- the rules the engine hands terms.py
-class TfKerasRules:
+class TfKerasRules(common.Rules):
     """How tf_keras reduces, aggregates and adds the terms (see the module docstring)."""
 
     name = "tf_keras"
     activity_division_site = "Layer._handle_activity_regularization"
-
-    def elementwise_loss(self, fn, y_true, y_pred, logits, kwargs, dtype, eps):
-        return elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps)
-
-    def reduce_weighted(self, values, sample_weight, mask, reduction):
-        return reduce_weighted(values, sample_weight, mask, reduction)
-
-    def regularizer_value(self, cls_name, config, x):
-        return regularizer_value(cls_name, config, x)
+    LOSSES = LOSSES
+    elementwise_loss = staticmethod(elementwise_loss)
+    reduce_weighted = staticmethod(reduce_weighted)
+    l2_normalize = staticmethod(l2_normalize)
+    backend_binary_crossentropy = staticmethod(backend_binary_crossentropy)
 
     def aggregate_additional(self, raw):
         """(value, step) of one entry of `model.losses`: tf_keras adds it unreduced.
