@@ -177,59 +177,17 @@ class Accumulator:
 
 def summarise(acc: Accumulator, finish: dict, optimizer: Optional[str], limit: int, notes: list) -> dict:
     """The JSON-ready `gradients` object."""
-    total_norm = math.sqrt(finish["total_sq"])
     total_sq = finish["total_sq"]
+    total_norm = math.sqrt(total_sq)
     units = acc.units
-    by_id = {u.id: u for u in units}
-    terms = {}
     total_var_sq = {v: float(np.vdot(g, g)) for v, g in acc.total.items() if g is not None}
+    terms = {}
     for u in units:
-        entry = {
-            "unit": u.id,
-            "grouped": u.grouped,
-            "norm": math.sqrt(u.sq_norm),
-            "share": (u.dot_total / total_sq) if total_sq > 0 else 0.0,
-            "norm_share": (math.sqrt(u.sq_norm) / total_norm) if total_norm > 0 else 0.0,
-            "per_layer": {k: math.sqrt(v) for k, v in u.per_layer_sq.items()},
-            "reach": {"layers": sorted(u.per_layer_sq), "variables": sorted(u.per_var)},
-            "dead": _dead(u, total_var_sq),
-        }
+        entry = _term_entry(u, total_sq, total_norm, total_var_sq)
         for tid in u.term_ids:
             terms[tid] = entry
-
-    # pairwise statistics on the variables both units reach
     cos_ids = [u.id for u in units]
-    index = {uid: i for i, uid in enumerate(cos_ids)}
-    pairs = []
-    for (a, b), per_var in acc.dots.items():
-        ua, ub = by_id[a], by_id[b]
-        common = sorted(per_var)
-        if not common:
-            continue
-        dot = sum(per_var.values())
-        na = math.sqrt(sum(ua.per_var[v][0] for v in common))
-        nb = math.sqrt(sum(ub.per_var[v][0] for v in common))
-        cos = dot / (na * nb) if na > 0 and nb > 0 else None
-        per_layer = {}
-        for layer in sorted({layer_of(v) for v in common}):
-            vs = [v for v in common if layer_of(v) == layer]
-            d = sum(per_var[v] for v in vs)
-            la = math.sqrt(sum(ua.per_var[v][0] for v in vs))
-            lb = math.sqrt(sum(ub.per_var[v][0] for v in vs))
-            per_layer[layer] = d / (la * lb) if la > 0 and lb > 0 else None
-        pairs.append({
-            "a": a, "b": b, "cosine": cos, "per_layer": per_layer,
-            "shared_variables": len(common),
-            "norm_a": na, "norm_b": nb,
-            "imbalance_a_over_b": _imbalance(ua, ub, common),
-            "imbalance_b_over_a": _imbalance(ub, ua, common),
-        })
-    matrix = None
-    if len(cos_ids) <= 64:
-        matrix = [[1.0 if i == j else None for j in range(len(cos_ids))] for i in range(len(cos_ids))]
-        for p in pairs:
-            i, j = index[p["a"]], index[p["b"]]
-            matrix[i][j] = matrix[j][i] = p["cosine"]
+    pairs = _pairs(acc, {u.id: u for u in units})
     return {
         "method": "one backward pass per trunk-sharing term (up to the limit, then one per group); "
                   "all weight regularizers in one pass, separated by variable",
@@ -240,9 +198,66 @@ def summarise(acc: Accumulator, finish: dict, optimizer: Optional[str], limit: i
                    "norm": math.sqrt(u.sq_norm)} for u in units],
         "terms": terms,
         "pairs": pairs,
-        "cosine": {"units": cos_ids if matrix is not None else None, "matrix": matrix},
+        "cosine": _cosine_matrix(cos_ids, pairs),
         "notes": notes,
     }
+
+
+def _term_entry(u: Unit, total_sq: float, total_norm: float, total_var_sq: dict) -> dict:
+    return {
+        "unit": u.id,
+        "grouped": u.grouped,
+        "norm": math.sqrt(u.sq_norm),
+        "share": (u.dot_total / total_sq) if total_sq > 0 else 0.0,
+        "norm_share": (math.sqrt(u.sq_norm) / total_norm) if total_norm > 0 else 0.0,
+        "per_layer": {k: math.sqrt(v) for k, v in u.per_layer_sq.items()},
+        "reach": {"layers": sorted(u.per_layer_sq), "variables": sorted(u.per_var)},
+        "dead": _dead(u, total_var_sq),
+    }
+
+
+def _pairs(acc: Accumulator, by_id: dict) -> list:
+    """Pairwise statistics on the variables both units reach."""
+    pairs = []
+    for (a, b), per_var in acc.dots.items():
+        ua, ub = by_id[a], by_id[b]
+        common = sorted(per_var)
+        if not common:
+            continue
+        dot = sum(per_var.values())
+        na = math.sqrt(sum(ua.per_var[v][0] for v in common))
+        nb = math.sqrt(sum(ub.per_var[v][0] for v in common))
+        pairs.append({
+            "a": a, "b": b, "cosine": dot / (na * nb) if na > 0 and nb > 0 else None,
+            "per_layer": _per_layer_cosine(ua, ub, per_var, common),
+            "shared_variables": len(common),
+            "norm_a": na, "norm_b": nb,
+            "imbalance_a_over_b": _imbalance(ua, ub, common),
+            "imbalance_b_over_a": _imbalance(ub, ua, common),
+        })
+    return pairs
+
+
+def _per_layer_cosine(ua: Unit, ub: Unit, per_var: dict, common: list) -> dict:
+    out = {}
+    for layer in sorted({layer_of(v) for v in common}):
+        vs = [v for v in common if layer_of(v) == layer]
+        d = sum(per_var[v] for v in vs)
+        la = math.sqrt(sum(ua.per_var[v][0] for v in vs))
+        lb = math.sqrt(sum(ub.per_var[v][0] for v in vs))
+        out[layer] = d / (la * lb) if la > 0 and lb > 0 else None
+    return out
+
+
+def _cosine_matrix(cos_ids: list, pairs: list) -> dict:
+    if len(cos_ids) > 64:
+        return {"units": None, "matrix": None}
+    index = {uid: i for i, uid in enumerate(cos_ids)}
+    matrix = [[1.0 if i == j else None for j in range(len(cos_ids))] for i in range(len(cos_ids))]
+    for p in pairs:
+        i, j = index[p["a"]], index[p["b"]]
+        matrix[i][j] = matrix[j][i] = p["cosine"]
+    return {"units": cos_ids, "matrix": matrix}
 
 
 def _dead(unit: Unit, total_var_sq: dict) -> bool:

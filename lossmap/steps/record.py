@@ -42,6 +42,8 @@ class Recorder:
     """`__lm__`: what one run of the instrumented step computed, addend by addend."""
 
     expand_keras: Optional[Callable] = None  # engine hook: (KerasCall) -> expansion, inside the tape
+    on_gradient: Optional[Callable] = None  # (gradient index, GradientRecord): per-term gradients, before any update
+    errors: list = field(default_factory=list)  # what lossmap's own hooks could not do, in words
     tapes: dict = field(default_factory=dict)  # tape index -> tape
     user_persistent: dict = field(default_factory=dict)  # tape index -> what the user asked for
     open_tapes: list = field(default_factory=list)
@@ -68,10 +70,15 @@ class Recorder:
         import tensorflow as tf
 
         result = tape.gradient(target, sources, *args, **kwargs)
-        self.gradients[index] = GradientRecord(
-            tape=tape, target=target, sources=list(tf.nest.flatten(sources)), structure=sources, result=result,
-            inside=tuple(self.open_tapes))
+        record = GradientRecord(tape=tape, target=target, sources=list(tf.nest.flatten(sources)),
+                                structure=sources, result=result, inside=tuple(self.open_tapes))
+        self.gradients[index] = record
         self.counts[("gradient", index)] += 1
+        if self.on_gradient is not None:
+            try:
+                self.on_gradient(index, record)
+            except Exception as exc:  # never the user's step's failure: reported instead
+                self.errors.append(f"per-term gradients at gradient call {index}: {type(exc).__name__}: {exc}")
         return result
 
     # ------------------------------------------------------------ addends

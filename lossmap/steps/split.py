@@ -77,8 +77,9 @@ class Addend:
 @dataclass
 class Objective:
     id: int
-    gradient: object  # read.GradientCall
+    gradient: object  # read.GradientCall; None for the value a loss function returns
     addends: list = field(default_factory=list)  # addend ids
+    returned: object = None  # the returned expression (split_returns)
 
 
 @dataclass
@@ -299,6 +300,23 @@ def split(step: StepSource) -> Split:
             continue
         objective = Objective(id=len(objectives), gradient=g)
         objective.addends = [a.id for a in splitter.objective(g, objective.id)]
+        objectives.append(objective)
+    return Split(objectives, splitter.addends, splitter.coefficients)
+
+
+def split_returns(step: StepSource) -> Split:
+    """A loss function's returned value split into addends (an overridden `compute_loss`): one
+    objective per `return`; the run tells which one returned."""
+    splitter = _Splitter(step)
+    objectives = []
+    for index in step.returns:
+        ret = step.statements[index].node
+        if ret.value is None:
+            continue
+        objective = Objective(id=len(objectives), gradient=None)
+        ctx = _Context(objective=objective.id, statement=index)
+        objective.addends = [a.id for a in splitter.expand(ret.value, ctx)]
+        objective.returned = ret.value
         objectives.append(objective)
     return Split(objectives, splitter.addends, splitter.coefficients)
 

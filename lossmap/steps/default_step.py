@@ -1,0 +1,17 @@
+"""Keras's default training step, written out, for models that override only `compute_loss`.
+
+Keras's own `train_step` runs the forward pass on a tape, calls `self.compute_loss`, takes
+the gradient with respect to the trainable variables and applies it. When a model overrides
+`compute_loss` alone, lossmap decomposes this function (whose `compute_loss` call expands into
+the user's override) and verifies against the model's real `train_step`.
+"""
+import tensorflow as tf
+
+
+def keras_train_step(model, x, y, sample_weight=None):
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        loss = model.compute_loss(x, y, y_pred, sample_weight)
+    grads = tape.gradient(loss, model.trainable_variables)
+    model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss

@@ -1,0 +1,136 @@
+"""Run the user's step twice on the same state, batch and seeds: instrumented, then as written.
+
+The instrumented copy records every addend, the target of each gradient call and, at
+that moment (before any update), the gradient of each term on the user's own tape. The
+real step (the Python function, eagerly; a `tf.function` is run through the function it
+wraps) is then run as it is. An `OptimizerSpy` keeps the gradients each run hands to
+`apply_gradients`; the state is put back after each run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from lossmap.steps.instrument import build, rewrite
+from lossmap.steps.record import Recorder
+from lossmap.steps.spy import OptimizerSpy
+
+
+@dataclass
+class Decomposition:
+    """One function of the user's and its split: the step, or an overridden `compute_loss` it calls."""
+
+    fn: Callable
+    step: Any  # read.StepSource
+    parts: Any  # split.Split
+    kind: str  # "train_step" | "function" | "compute_loss" | "keras_default"
+    nested: Optional["Decomposition"] = None  # the model's overridden compute_loss, when the step calls it
+    recorder: Optional[Recorder] = None
+    instrumented: Optional[Callable] = None
+
+
+@dataclass
+class StepRun:
+    updates: list  # [spy.Update]
+    returned: Any
+    error: Optional[BaseException] = None
+    term_gradients: dict = field(default_factory=dict)  # objective id -> {key: {path: grad}}
+    targets: dict = field(default_factory=dict)  # objective id -> the differentiated tensor
+
+
+class Attribution:
+    """Computes, when the user takes a gradient, each term's gradient on the same tape."""
+
+    def __init__(self, eng, decomposition: Decomposition, run: StepRun):
+        self.eng = eng
+        self.decomposition = decomposition
+        self.run = run
+
+    def __call__(self, gradient_index: int, record):
+        import tensorflow as tf
+
+        parts = self.decomposition.parts
+        objective = next((o for o in parts.objectives
+                          if o.gradient is not None and o.gradient.index == gradient_index), None)
+        if objective is None:
+            return
+        self.run.targets[objective.id] = record.target
+        sources = record.sources
+        paths = [self.eng.variable_path(v) for v in sources]
+        out = {}
+        for key, tensor in term_tensors(self.decomposition, objective.id):
+            if tensor is None:
+                out[key] = {}
+                continue
+            if isinstance(tensor, list):  # regularizers of distinct variables: one pass, separated by variable
+                grads = record.tape.gradient(tensor, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+            else:
+                grads = record.tape.gradient(tensor, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+            out[key] = {p: self.eng.dense_gradient(g) for p, g in zip(paths, grads) if g is not None}
+        self.run.term_gradients[objective.id] = out
+
+
+def term_tensors(decomposition: Decomposition, objective_id: int, prefix=()) -> list:
+    """(key, tensor) for every term of an objective, nested `compute_loss` overrides opened.
+
+    Keys: ("addend", *path, id) for a custom addend; ("keras", *path, id, i) for the i-th term of a
+    compute_loss expansion; ("losses", *path, id, i) for the i-th entry of model.losses. A weight
+    regularizer group is ("regularizers", *path, id) with a list of tensors.
+    """
+    rec = decomposition.recorder
+    parts = decomposition.parts
+    objective = parts.objectives[objective_id]
+    out = []
+    for addend_id in objective.addends:
+        a = parts.addends[addend_id]
+        key = prefix + (addend_id,)
+        if a.kind == "keras_loss" and addend_id in rec.keras_calls:
+            call = rec.keras_calls[addend_id]
+            if isinstance(call.expansion, Decomposition):
+                inner = call.expansion
+                for inner_objective in _returned_objectives(inner):
+                    out += term_tensors(inner, inner_objective, key)
+                continue
+            if call.expansion is not None:
+                for i, tensor in enumerate(call.expansion.tensors):
+                    out.append((("keras",) + key + (i,), tensor))
+                if call.expansion.regularizer_tensors:
+                    out.append((("regularizers",) + key, list(call.expansion.regularizer_tensors)))
+                continue
+        if a.kind == "model_losses" and addend_id in rec.losses_lists:
+            for i, tensor in enumerate(rec.losses_lists[addend_id]):
+                out.append((("losses",) + key + (i,), tensor))
+            continue
+        out.append((("addend",) + key, rec.values.get(addend_id)))
+    return out
+
+
+def _returned_objectives(decomposition: Decomposition) -> list:
+    """The objectives of a loss function whose `return` ran (the last one that did)."""
+    rec = decomposition.recorder
+    ran = [o.id for o in decomposition.parts.objectives
+           if o.addends and all(rec.counts.get(("value", a)) for a in o.addends)]
+    return ran[-1:] if ran else [o.id for o in decomposition.parts.objectives[:1]]
+
+
+def instrument(decomposition: Decomposition, expand_keras: Callable, on_gradient: Optional[Callable]):
+    """Build the recording copy of the function (and of a nested override)."""
+    rec = Recorder(expand_keras=expand_keras)
+    rec.on_gradient = on_gradient
+    decomposition.recorder = rec
+    decomposition.instrumented = build(decomposition.fn, decomposition.step,
+                                       rewrite(decomposition.step, decomposition.parts), rec)
+    return decomposition.instrumented
+
+
+def run(call: Callable, spy_classes, eng, before_call: Callable = lambda: None) -> StepRun:
+    """Call `call()` once under the optimizer spy; an exception is kept, not raised."""
+    spy = OptimizerSpy(spy_classes, eng.variable_path, eng.dense_gradient)
+    result = StepRun(updates=spy.updates, returned=None)
+    with spy:
+        before_call()
+        try:
+            result.returned = call()
+        except Exception as exc:  # the user's step failed: reported, as Keras's own errors are
+            result.error = exc
+    return result

@@ -1,0 +1,90 @@
+"""What a step hands its optimizers: every `apply_gradients` / `apply`, recorded as it happens.
+
+The methods are wrapped on the classes that define them, for the length of one run, so
+every optimizer the step reaches is seen (the model's, a global one, two of them), and
+only the outermost call is recorded (Keras 3's `apply_gradients` calls `apply`). The
+recorded gradients are copies; the call itself goes on unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+SPIED_METHODS = ("apply_gradients", "apply")
+
+
+@dataclass
+class Update:
+    """One optimizer call: which optimizer, and the gradient it was given for each variable."""
+
+    optimizer: Any
+    method: str
+    gradients: dict  # variable path -> ndarray (None where the step passed None)
+    tensors: list = field(default_factory=list)  # the gradient objects as passed, for matching by identity
+
+
+class OptimizerSpy:
+    """`with OptimizerSpy(classes, path_of, dense) as spy:` ... `spy.updates`."""
+
+    def __init__(self, classes, path_of: Callable, dense: Callable):
+        self.classes = list(classes)
+        self.path_of = path_of
+        self.dense = dense
+        self.updates: list = []
+        self._saved: list = []
+        self._depth = 0
+
+    def __enter__(self):
+        owners = {}
+        for cls in self.classes:
+            for klass in cls.__mro__:
+                for name in SPIED_METHODS:
+                    if name in vars(klass) and (klass, name) not in owners:
+                        owners[(klass, name)] = vars(klass)[name]
+        for (klass, name), original in owners.items():
+            setattr(klass, name, self._wrap(name, original))
+            self._saved.append((klass, name, original))
+        return self
+
+    def __exit__(self, *exc):
+        for klass, name, original in reversed(self._saved):
+            setattr(klass, name, original)
+        self._saved.clear()
+        return False
+
+    def _wrap(self, name, original):
+        spy = self
+
+        def spied(optimizer, *args, **kwargs):
+            if spy._depth:
+                return original(optimizer, *args, **kwargs)
+            args = list(args)
+            if name == "apply_gradients":
+                pairs = list(args[0] if args else kwargs.pop("grads_and_vars"))
+                args = [pairs] + args[1:]
+                grads = [g for g, _ in pairs]
+                variables = [v for _, v in pairs]
+            else:
+                grads = list(args[0] if args else kwargs["grads"])
+                if args:
+                    args[0] = grads
+                else:
+                    kwargs["grads"] = grads
+                variables = args[1] if len(args) > 1 else kwargs.get("trainable_variables")
+                variables = list(variables) if variables is not None else list(getattr(optimizer, "_trainable_variables", []))
+                if len(args) > 1:
+                    args[1] = variables
+                elif "trainable_variables" in kwargs:
+                    kwargs["trainable_variables"] = variables
+            spy.updates.append(Update(
+                optimizer=optimizer, method=name,
+                gradients={spy.path_of(v): spy.dense(g) for g, v in zip(grads, variables)},
+                tensors=grads))
+            spy._depth += 1
+            try:
+                return original(optimizer, *args, **kwargs)
+            finally:
+                spy._depth -= 1
+
+        spied.__wrapped__ = original
+        return spied

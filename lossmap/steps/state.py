@@ -1,0 +1,121 @@
+"""Everything a custom step can change, snapshotted and put back bit for bit.
+
+Beyond the model's own state (`Engine.state`: weights, BatchNorm statistics, seed
+generators, the model's optimizer and metrics), a hand-written step reaches optimizers
+and metrics through its module's globals, its closure or attributes of the model (two
+optimizers, one per loss). Their variables are snapshotted too. An optimizer that was
+never built would be built by the step (new variables on the user's object): a fresh
+copy of it takes each run instead, swapped in wherever the step reaches it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lossmap.steps.locate import Reference, references
+
+
+@dataclass
+class AttributeReference:
+    """An attribute of the model that holds an optimizer or a metric."""
+
+    holder: Any
+    name: str
+    kind: str = "attribute"
+
+    def get(self):
+        return getattr(self.holder, self.name)
+
+    def set(self, value):
+        object.__setattr__(self.holder, self.name, value)  # around Keras's attribute tracking
+
+
+def attribute_references(obj, predicate) -> list:
+    out = []
+    for name, value in list(vars(obj).items()):
+        try:
+            if predicate(value):
+                out.append(AttributeReference(obj, name))
+        except Exception:
+            continue
+    return out
+
+
+class StepState:
+    """The model's state plus every optimizer and metric the step reaches."""
+
+    def __init__(self, eng, model, fn=None):
+        self.eng = eng
+        self.model = model
+        self.model_state = eng.state(model)
+        is_optimizer = lambda o: isinstance(o, eng.optimizer_classes())  # noqa: E731
+        is_metric = lambda o: isinstance(o, eng.metric_classes())  # noqa: E731
+        reached = attribute_references(model, is_optimizer)
+        metrics = attribute_references(model, is_metric)
+        if fn is not None:
+            reached += references(fn, is_optimizer)
+            metrics += references(fn, is_metric)
+        self.optimizer_refs = reached
+        self.optimizers = _unique(r.get() for r in reached)
+        self.unbuilt = [o for o in self.optimizers if not getattr(o, "built", True)]
+        known = {id(v) for v in self.model_state.variables}
+        extra = []
+        for obj in [o for o in self.optimizers if o not in self.unbuilt] + _unique(r.get() for r in metrics):
+            for v in obj.variables:
+                if id(v) not in known:
+                    known.add(id(v))
+                    extra.append(v)
+        self.extra = extra
+        self.extra_values = [np.array(v.numpy(), copy=True) for v in extra]
+        self._swapped: list = []
+
+    def swap_in_copies(self):
+        """Fresh copies of the never-built optimizers, wherever the step reaches them (one per run)."""
+        self.swap_back()
+        for original in self.unbuilt:
+            copy = type(original).from_config(original.get_config())
+            for ref in self.optimizer_refs:
+                if ref.get() is original:
+                    ref.set(copy)
+                    self._swapped.append((ref, original))
+
+    def swap_back(self):
+        for ref, original in reversed(self._swapped):
+            ref.set(original)
+        self._swapped.clear()
+
+    @property
+    def notes(self) -> list:
+        if not self.unbuilt:
+            return []
+        names = ", ".join(type(o).__name__ for o in self.unbuilt)
+        return [f"the step's optimizer ({names}) was not built yet, so a fresh copy of it took each run"]
+
+    def restore(self):
+        self.swap_back()
+        self.model_state.restore()
+        for v, value in zip(self.extra, self.extra_values):
+            v.assign(value)
+
+    def identical(self) -> bool:
+        if not self.model_state.identical():
+            return False
+        for v, value in zip(self.extra, self.extra_values):
+            now = np.array(v.numpy())
+            if now.dtype != value.dtype or now.shape != value.shape or now.tobytes() != value.tobytes():
+                return False
+        return all(not getattr(o, "built", False) for o in self.unbuilt)
+
+
+def _unique(objects) -> list:
+    seen, out = set(), []
+    for o in objects:
+        if id(o) not in seen:
+            seen.add(id(o))
+            out.append(o)
+    return out
+
+
+__all__ = ["StepState", "AttributeReference", "Reference", "attribute_references"]
