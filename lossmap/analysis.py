@@ -32,6 +32,9 @@ class ModelInfo:
     custom_train_step: bool
     custom_compute_loss: bool
     engine_reason: Optional[str] = None  # why this engine (additive to the contract's fields)
+    # custom training code: the step lossmap read ({"spec", "function", "file", "line", "kind"});
+    # in the JSON only when there is one
+    step: Optional[dict] = None
 
 
 @dataclass
@@ -65,6 +68,11 @@ class Term:
     keras_value: Optional[float] = None  # the same term as Keras's own objects compute it
     steps: list = field(default_factory=list)  # how the value was computed, for people
     origin: Optional[dict] = None  # user code behind the term: {module, qualname, file, line, kind}
+    # custom training code (in the JSON only when set): the addend as the step writes it, where its
+    # value is computed ({"file", "line", "function"}), and the objective it belongs to
+    expression: Optional[str] = None
+    source: Optional[dict] = None
+    objective: Optional[str] = None
 
 
 @dataclass
@@ -78,6 +86,9 @@ class Total:
     verified: bool
     path: str  # which execution path was verified, e.g. "eager"
     summation: str  # how this Keras adds the terms, in words
+    # custom training code: the gradients the real step applied equal the sum of the terms'
+    # gradients (None: not checkable); in the JSON only for custom code
+    gradients_verified: Optional[bool] = None
 
 
 @dataclass
@@ -104,6 +115,10 @@ class Analysis:
     # tf_keras vs Keras 3 (lossmap.engine_diff, lossmap.compare), plain data: {"differences": [...],
     # "rows": [...] | None, ...}; in the JSON as "engine_comparison" only when present.
     engine_comparison: Optional[dict] = None
+    # custom training code: one entry per differentiated loss; in the JSON only when there are several
+    objectives: list = field(default_factory=list)
+    # custom training code, for the report: the user's own step as lossmap read it (not in the JSON)
+    step_view: Any = None
 
     @functools.cached_property
     def grouping(self) -> Grouping:
@@ -120,13 +135,17 @@ class Analysis:
         doc = {
             "schema": SCHEMA,
             "lossmap_version": self.lossmap_version,
-            "model": dataclasses.asdict(self.model),
+            "model": _without_unset(dataclasses.asdict(self.model), ("step",)),
             "batch": dataclasses.asdict(self.batch),
-            "terms": [dataclasses.asdict(t) for t in self.terms],
-            "total": dataclasses.asdict(self.total),
+            "terms": [_without_unset(dataclasses.asdict(t), CUSTOM_TERM_FIELDS) for t in self.terms],
+            "total": _without_unset(dataclasses.asdict(self.total), ("gradients_verified",))
+            if self.model.step is None and not self.model.custom_train_step and not self.model.custom_compute_loss
+            else dataclasses.asdict(self.total),
             "findings": [dataclasses.asdict(f) for f in self.findings],
             "gradients": self.gradients,
         }
+        if len(self.objectives) > 1:
+            doc["objectives"] = self.objectives
         if self.engine_comparison is not None:
             doc["engine_comparison"] = self.engine_comparison
         return _strict(doc)
@@ -142,6 +161,14 @@ class Analysis:
         from lossmap.render.text import render_equation
 
         return render_equation(self)
+
+
+CUSTOM_TERM_FIELDS = ("expression", "source", "objective")
+
+
+def _without_unset(doc: dict, keys) -> dict:
+    """Additive fields that only some analyses have are left out when unset, not written as null."""
+    return {k: v for k, v in doc.items() if k not in keys or v is not None}
 
 
 def _strict(obj: Any) -> Any:

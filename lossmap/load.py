@@ -90,6 +90,24 @@ def import_modules(modules):
             raise UserError(f"--import {module} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
+def import_file_or_module(where: str, imports=()):
+    """The module a `--step` names: a file path imported as its own module, or `package.module`."""
+    import_modules(imports)
+    if where.endswith(".py") or os.sep in where:
+        if not os.path.exists(where):
+            raise UserError(f"{where}: no such file")
+        try:
+            return _import_file(where)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"importing {where} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+    try:
+        return importlib.import_module(where)
+    except Exception as exc:
+        raise UserError(f"cannot import {where}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
 def _import_file(path):
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")

@@ -20,9 +20,9 @@ from lossmap.terms import build_terms, reproduce_total
 from lossmap.verify import compare, scalar, tolerances
 
 
-def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False, engine="auto",
+def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False, engine="auto",
             rtol=None, atol=None, gradients=True, gradient_limit=None, engine_diffs=None,
-            sources=True) -> Analysis:
+            sources=True, step=None) -> Analysis:
     """Explain and verify the training loss of `model` (a path, a factory spec or a live model).
 
     The model is left exactly as it was: every variable the run touches is
@@ -31,11 +31,23 @@ def analyse(model, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False,
     report; `check` skips it).
     `engine_diffs`: add the ENGINE_DIFF_* findings (where tf_keras and Keras 3
     differ for this model); by default only for a tf_keras model.
+    `step`: a training-step function (or `FILE.py:FUNCTION`) whose loss to explain; a model
+    whose class overrides `train_step` or `compute_loss` is explained through its own code
+    without it (`lossmap.steps`).
     """
-    loaded = load(model, imports=imports, unsafe=unsafe, engine=engine)
+    step_fn = _step_function(step, imports) if step is not None else None
+    if model is None and step_fn is None:
+        raise UserError("give MODEL (a .keras file or a factory), or a training step with --step FILE.py:FUNCTION")
+    loaded = load(model if model is not None else _model_of(step_fn), imports=imports, unsafe=unsafe,
+                  engine=engine)
     eng, m = loaded.engine, loaded.model
     info = eng.model_info(m, loaded.source, loaded.saved_with)
     info.engine_reason = loaded.engine_reason
+    if step_fn is not None or info.custom_train_step or info.custom_compute_loss:
+        from lossmap.steps.pipeline import analyse_custom_code
+
+        return analyse_custom_code(eng, m, info, step_fn, data, batch_size=batch_size, seed=seed, rtol=rtol,
+                                   atol=atol, gradients=gradients, gradient_limit=gradient_limit, sources=sources)
     runs = _SeededRuns(eng, m, seed)
     with runs:
         sig = eng.signature(m)
@@ -73,10 +85,10 @@ class _SeededRuns:
     every variable back.
     """
 
-    def __init__(self, eng, model, seed):
+    def __init__(self, eng, model, seed, state=None):
         self.eng, self.model = eng, model
         self.seed = seed if seed is not None else 0
-        self.state = eng.state(model)
+        self.state = state if state is not None else eng.state(model)
         self._clean = False  # not known to be clean yet: a failure before the first run restores too
 
     @contextlib.contextmanager
@@ -94,6 +106,24 @@ class _SeededRuns:
     def __exit__(self, *exc):
         if not self._clean:
             self.state.restore()
+
+
+def _step_function(step, imports):
+    """`FILE.py:FUNCTION`, `package.module:FUNCTION` or a function, as `lossmap.steps.locate.StepFunction`."""
+    from lossmap.load import import_file_or_module
+    from lossmap.quiet import import_tensorflow
+    from lossmap.steps import locate
+
+    import_tensorflow()  # the step's module imports it: quietly first
+    if isinstance(step, str):
+        return locate.resolve(step, lambda where: import_file_or_module(where, imports))
+    return locate.describe(step, getattr(step, "__qualname__", repr(step)))
+
+
+def _model_of(step_fn):
+    from lossmap.steps import locate
+
+    return locate.the_model(step_fn)
 
 
 def _batch(data, sig, batch_size, seed):

@@ -231,6 +231,52 @@ class Engine:
         """The installed Keras functions behind the total, as `lossmap.sources.Anchor`s (none by default)."""
         return []
 
+    # ------------------------------------------------------------ custom training code (lossmap.steps)
+    def overrides(self, model) -> dict:
+        """{"train_step": function or None, "compute_loss": function or None}: what the model's class overrides."""
+        raise NotImplementedError
+
+    def probe(self, model):
+        """A context manager for a forward pass that tells `add_loss` entries from activity regularizers."""
+        raise NotImplementedError
+
+    def expand_keras_loss(self, model, sig: Signature, call, probe):
+        """A step's call of `compute_loss` (a `lossmap.steps.record.KerasCall`) opened into this Keras's
+        terms: `.capture` (a `Capture`), `.tensors` and `.regularizer_tensors` (on the user's tape)."""
+        raise NotImplementedError
+
+    def additional_for(self, model, losses: list, probe) -> list:
+        """`AdditionalCapture`s for the entries of `model.losses` a step read, in the same order."""
+        raise NotImplementedError
+
+    def optimizer_classes(self) -> tuple:
+        """The base classes of this Keras's optimizers (whose `apply_gradients` a run watches)."""
+        raise NotImplementedError
+
+    def metric_classes(self) -> tuple:
+        """The base classes of this Keras's metrics (state a step may update)."""
+        raise NotImplementedError
+
+    def variable_path(self, variable) -> str:
+        """The name a variable goes by in the output (`dense/kernel`)."""
+        raise NotImplementedError
+
+    def dense_gradient(self, gradient):
+        """A gradient as a dense NumPy array (None stays None)."""
+        raise NotImplementedError
+
+    def training_layers(self, model) -> list:
+        """Paths of layers that compute something else with `training=True` (Dropout, BatchNormalization)."""
+        raise NotImplementedError
+
+    def first_update(self, optimizer, gradients: dict, variables: dict) -> dict:
+        """Per variable path, the update a fresh copy of `optimizer` makes from `gradients` at `variables`."""
+        raise NotImplementedError
+
+    def as_tensors(self, structure):
+        """A batch structure of arrays as the tensors a training step receives."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------ the NumPy mirror
     def reduce_weighted(self, values, sample_weight, mask, reduction):
         """A compiled loss's per-sample values reduced as this Keras's `Loss.__call__` does."""

@@ -254,6 +254,7 @@ def _code_view(lines):
                 "html": htmls[k],
                 "highlight": bool(_get(lines[k], "highlight")),
                 "note": _get(lines[k], "note"),
+                "terms": [{"id": t, "anchor": anchor_id("term", t)} for t in (_get(lines[k], "terms") or [])],
             })
         i = max(j, i + 1)
     return out

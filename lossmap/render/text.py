@@ -5,6 +5,9 @@ from lossmap.groups import KIND_LABEL
 from lossmap.render import environment, format_number
 
 def describe(term) -> str:
+    if term.kind == "custom":
+        line = (term.source or {}).get("line")
+        return f"{term.expression or term.id}" + (f", line {line}" if line else "")
     if term.kind == "compiled":
         return f"{term.output}, {term.fn}"
     if term.kind == "weight_regularizer":
@@ -46,6 +49,7 @@ def render(analysis, width: int = 100) -> str:
         "steps": t.steps,
     } for t in analysis.terms]
     return template.render(
+        custom=custom_code_lines(analysis),
         gradient_rows=_gradient_rows(analysis),
         conflicts=_conflicts(analysis),
         a=analysis,
@@ -55,6 +59,27 @@ def render(analysis, width: int = 100) -> str:
         verdict=verdict(analysis),
         widths=_widths(rows),
     )
+
+
+def custom_code_lines(analysis) -> dict:
+    """What the text shows of a custom step: where each term comes from, the objectives, the gradient check."""
+    step = analysis.model.step
+    if step is None:
+        return {}
+    where = []
+    for t in analysis.terms:
+        src = t.source or {}
+        if src.get("line"):
+            text = t.expression if t.kind == "custom" else f"{t.expression} -> {describe(t)}"
+            where.append(f"line {src['line']}: {text}  [{t.id}]")
+    objectives = [f"{o['id']}: {o['target']} = {format_number(o['value'])} (line {o['source']['line']}, "
+                  f"{o['optimizer'] or 'no optimizer seen'}; {len(o['terms'])} terms, {len(o['variables'])} variables)"
+                  for o in analysis.objectives] if len(analysis.objectives) > 1 else []
+    g = analysis.total.gradients_verified
+    gradients = {True: "VERIFIED (the gradients the step applies = the sum of its terms' gradients)",
+                 False: "MISMATCH (the step applies other gradients than its terms add up to)",
+                 None: "not compared"}[g]
+    return {"step": step, "where": where, "objectives": objectives, "gradients": gradients}
 
 
 def verdict(analysis) -> str:

@@ -19,6 +19,7 @@ class SourceLine:
     text: str  # the line, without its newline
     highlight: bool
     note: Optional[str] = None
+    terms: list = field(default_factory=list)  # ids of the terms this line makes (the user's own step)
 
 
 @dataclass

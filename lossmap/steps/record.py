@@ -43,6 +43,8 @@ class Recorder:
 
     expand_keras: Optional[Callable] = None  # engine hook: (KerasCall) -> expansion, inside the tape
     on_gradient: Optional[Callable] = None  # (gradient index, GradientRecord): per-term gradients, before any update
+    expand_losses: Optional[Callable] = None  # engine hook: (list read from model.losses) -> AdditionalCaptures
+    losses_captures: dict = field(default_factory=dict)  # addend id -> AdditionalCaptures, at read time
     errors: list = field(default_factory=list)  # what lossmap's own hooks could not do, in words
     tapes: dict = field(default_factory=dict)  # tape index -> tape
     user_persistent: dict = field(default_factory=dict)  # tape index -> what the user asked for
@@ -112,8 +114,16 @@ class Recorder:
         return result
 
     def losses(self, ids, value):
+        captured = None
+        if self.expand_losses is not None:
+            try:
+                captured = self.expand_losses(list(value))
+            except Exception as exc:  # the read stays one term, with the reason
+                self.errors.append(f"model.losses: {type(exc).__name__}: {exc}")
         for i in ids:
             self.losses_lists[i] = list(value)
+            if captured is not None:
+                self.losses_captures[i] = captured
         return value
 
     def returned_value(self, value):

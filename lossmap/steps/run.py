@@ -8,7 +8,7 @@ wraps) is then run as it is. An `OptimizerSpy` keeps the gradients each run hand
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from lossmap.steps.instrument import build, rewrite
@@ -27,6 +27,7 @@ class Decomposition:
     nested: Optional["Decomposition"] = None  # the model's overridden compute_loss, when the step calls it
     recorder: Optional[Recorder] = None
     instrumented: Optional[Callable] = None
+    attribution: Any = None  # the Attribution that took each term's gradient in the instrumented run
 
 
 @dataclass
@@ -34,17 +35,21 @@ class StepRun:
     updates: list  # [spy.Update]
     returned: Any
     error: Optional[BaseException] = None
-    term_gradients: dict = field(default_factory=dict)  # objective id -> {key: {path: grad}}
-    targets: dict = field(default_factory=dict)  # objective id -> the differentiated tensor
 
 
 class Attribution:
-    """Computes, when the user takes a gradient, each term's gradient on the same tape."""
+    """Computes, when the user takes a gradient, each term's gradient on the same tape.
 
-    def __init__(self, eng, decomposition: Decomposition, run: StepRun):
+    `targets`: objective id -> the differentiated tensor; `term_gradients`: objective id ->
+    {term key: {variable path: gradient}} (of the recorded tensor, before any weight).
+    """
+
+    def __init__(self, eng, decomposition: Decomposition):
         self.eng = eng
         self.decomposition = decomposition
-        self.run = run
+        self.targets: dict = {}
+        self.term_gradients: dict = {}
+        self.sources: dict = {}  # objective id -> variable paths it differentiates
 
     def __call__(self, gradient_index: int, record):
         import tensorflow as tf
@@ -54,28 +59,28 @@ class Attribution:
                           if o.gradient is not None and o.gradient.index == gradient_index), None)
         if objective is None:
             return
-        self.run.targets[objective.id] = record.target
+        self.targets[objective.id] = record.target
         sources = record.sources
         paths = [self.eng.variable_path(v) for v in sources]
+        self.sources[objective.id] = paths
         out = {}
         for key, tensor in term_tensors(self.decomposition, objective.id):
             if tensor is None:
                 out[key] = {}
                 continue
-            if isinstance(tensor, list):  # regularizers of distinct variables: one pass, separated by variable
-                grads = record.tape.gradient(tensor, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
-            else:
-                grads = record.tape.gradient(tensor, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+            # a list (regularizers of distinct variables) is differentiated as its sum: one pass
+            grads = record.tape.gradient(tensor, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
             out[key] = {p: self.eng.dense_gradient(g) for p, g in zip(paths, grads) if g is not None}
-        self.run.term_gradients[objective.id] = out
+        self.term_gradients[objective.id] = out
 
 
 def term_tensors(decomposition: Decomposition, objective_id: int, prefix=()) -> list:
     """(key, tensor) for every term of an objective, nested `compute_loss` overrides opened.
 
     Keys: ("addend", *path, id) for a custom addend; ("keras", *path, id, i) for the i-th term of a
-    compute_loss expansion; ("losses", *path, id, i) for the i-th entry of model.losses. A weight
-    regularizer group is ("regularizers", *path, id) with a list of tensors.
+    compute_loss expansion; ("losses", *path, id, i) for the i-th entry of model.losses. Weight
+    regularizers, each reaching only its own variable, go as one list per expansion
+    (("regularizers", ...) or ("losses_regularizers", ...)): one backward pass, separated by variable.
     """
     rec = decomposition.recorder
     parts = decomposition.parts
@@ -97,9 +102,15 @@ def term_tensors(decomposition: Decomposition, objective_id: int, prefix=()) -> 
                 if call.expansion.regularizer_tensors:
                     out.append((("regularizers",) + key, list(call.expansion.regularizer_tensors)))
                 continue
-        if a.kind == "model_losses" and addend_id in rec.losses_lists:
-            for i, tensor in enumerate(rec.losses_lists[addend_id]):
-                out.append((("losses",) + key + (i,), tensor))
+        if a.kind == "model_losses" and addend_id in rec.losses_captures:
+            kinds = [c.kind for c in rec.losses_captures[addend_id]]
+            tensors = rec.losses_lists[addend_id]
+            for i, tensor in enumerate(tensors):
+                if kinds[i] != "weight_regularizer":
+                    out.append((("losses",) + key + (i,), tensor))
+            regs = [t for t, k in zip(tensors, kinds) if k == "weight_regularizer"]
+            if regs:
+                out.append((("losses_regularizers",) + key, regs))
             continue
         out.append((("addend",) + key, rec.values.get(addend_id)))
     return out

@@ -46,10 +46,12 @@ def attribute_references(obj, predicate) -> list:
 class StepState:
     """The model's state plus every optimizer and metric the step reaches."""
 
-    def __init__(self, eng, model, fn=None):
+    def __init__(self, eng, model, fn=None, step=None):
         self.eng = eng
         self.model = model
         self.model_state = eng.state(model)
+        # MODEL given next to a step that reaches a model of its own: the step trains MODEL for the runs
+        self.model_refs = [r for r in (step.references if step is not None else []) if r.get() is not model]
         is_optimizer = lambda o: isinstance(o, eng.optimizer_classes())  # noqa: E731
         is_metric = lambda o: isinstance(o, eng.metric_classes())  # noqa: E731
         reached = attribute_references(model, is_optimizer)
@@ -59,7 +61,7 @@ class StepState:
             metrics += references(fn, is_metric)
         self.optimizer_refs = reached
         self.optimizers = _unique(r.get() for r in reached)
-        self.unbuilt = [o for o in self.optimizers if not getattr(o, "built", True)]
+        self.unbuilt = [o for o in self.optimizers if not _built(o)]
         known = {id(v) for v in self.model_state.variables}
         extra = []
         for obj in [o for o in self.optimizers if o not in self.unbuilt] + _unique(r.get() for r in metrics):
@@ -72,8 +74,12 @@ class StepState:
         self._swapped: list = []
 
     def swap_in_copies(self):
-        """Fresh copies of the never-built optimizers, wherever the step reaches them (one per run)."""
+        """Fresh copies of the never-built optimizers, wherever the step reaches them (one per run);
+        the analysed model wherever the step reaches another one."""
         self.swap_back()
+        for ref in self.model_refs:
+            self._swapped.append((ref, ref.get()))
+            ref.set(self.model)
         for original in self.unbuilt:
             copy = type(original).from_config(original.get_config())
             for ref in self.optimizer_refs:
@@ -106,7 +112,20 @@ class StepState:
             now = np.array(v.numpy())
             if now.dtype != value.dtype or now.shape != value.shape or now.tobytes() != value.tobytes():
                 return False
-        return all(not getattr(o, "built", False) for o in self.unbuilt)
+        return all(not _built(o) for o in self.unbuilt)
+
+
+def _built(optimizer) -> bool:
+    """Keras 3 optimizers say `built`; tf_keras's have variables once built."""
+    built = getattr(optimizer, "built", None)
+    if built is None:
+        built = getattr(optimizer, "_built", None)
+    if built is None:
+        try:
+            built = bool(optimizer.variables())
+        except TypeError:
+            built = bool(optimizer.variables)
+    return bool(built)
 
 
 def _unique(objects) -> list:

@@ -8,7 +8,45 @@ from lossmap.engines.base import Engine
 
 
 class KerasEngine(Engine):
-    """An `Engine` for a Keras on the TensorFlow backend; `package` names its Python package."""
+    """An `Engine` for a Keras on the TensorFlow backend; `package` names its Python package.
+
+    The custom-training-code hooks live in each engine folder's `steps.py` (`steps_module`).
+    """
+
+    steps_module = None  # the engine folder's steps.py
+
+    def overrides(self, model) -> dict:
+        return self.steps_module.overrides(model)
+
+    def probe(self, model):
+        return self.steps_module.probe(model)
+
+    def expand_keras_loss(self, model, sig, call, probe):
+        return self.steps_module.expand_keras_loss(self, model, sig, call, probe)
+
+    def additional_for(self, model, losses, probe) -> list:
+        return self.steps_module.additional_for(self, model, losses, probe)
+
+    def optimizer_classes(self) -> tuple:
+        return self.steps_module.optimizer_classes()
+
+    def metric_classes(self) -> tuple:
+        return self.steps_module.metric_classes()
+
+    def variable_path(self, variable) -> str:
+        return self.steps_module.variable_path(variable)
+
+    def dense_gradient(self, gradient):
+        return self.steps_module.dense_gradient(gradient)
+
+    def training_layers(self, model) -> list:
+        return self.steps_module.training_layers(model)
+
+    def first_update(self, optimizer, gradients, variables) -> dict:
+        return self.steps_module.first_update(self, optimizer, gradients, variables)
+
+    def as_tensors(self, structure):
+        return self.steps_module.as_tensors(structure)
 
     @classmethod
     def installed(cls) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 from lossmap.engines.base import Batch, Capture, OutputSpec, Signature, TensorSpec, Verification
 from lossmap.engines.common.engine import KerasEngine
 from lossmap.engines.common.helpers import explain_load_error, int_input_bound, one_line, pack
-from lossmap.engines.keras3 import capture as _capture, state as _state, train_step as _train_step
+from lossmap.engines.keras3 import capture as _capture, state as _state, steps as _steps, train_step as _train_step
 from lossmap.engines.keras3.rules import KERAS3
 from lossmap.errors import UserError
 
@@ -38,6 +38,7 @@ class Keras3Engine(KerasEngine):
     label = "Keras 3"
     package = "keras"
     rules = KERAS3  # rules.py: Trainer.compute_loss and Loss.__call__ in NumPy
+    steps_module = _steps  # steps.py: what lossmap.steps needs for custom training code
 
     def __init__(self):
         self.keras = _keras()

@@ -1,0 +1,313 @@
+"""The custom-code way into the pipeline: run the user's step, and hand on the same `Term`s.
+
+    decompose (read + split)  ->  instrumented run (terms, targets, per-term gradients)
+    ->  real run (the gradients the step as written applies)  ->  assemble terms  ->  verify
+    ->  gradient statistics  ->  (findings: lossmap.steps.findings)
+
+Every run is seeded and followed by a restore of everything the step can change
+(`lossmap.steps.state.StepState`).
+"""
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from lossmap import gradients as gradients_module
+from lossmap.errors import UserError
+from lossmap.steps import decompose as decompose_module
+from lossmap.steps.assemble import Assembler, scalar_value
+from lossmap.steps.run import Attribution, Decomposition, instrument, run
+
+
+@dataclass
+class CustomResult:
+    """What the custom path hands the pipeline: terms and numbers, plus what findings and sources need."""
+
+    decomposition: Decomposition
+    terms: list
+    objectives: list  # JSON-ready objectives (only output when there are several)
+    target: Optional[float]  # what the step differentiated (summed over objectives)
+    logged: Optional[float]  # what the step returned as its loss
+    keras_logged: Optional[float]  # the real step's logged loss, when Keras's own step ran
+    gradients_verified: Optional[bool]
+    gradient_notes: list
+    attribution: Optional[dict]
+    unsplit: list
+    notes: list
+    instrumented_error: Optional[BaseException] = None
+    real_error: Optional[BaseException] = None
+    losses_after: list = field(default_factory=list)  # (kind, value) of model.losses after the step's pass
+    captures: list = field(default_factory=list)  # the Capture of each compute_loss expansion
+    term_gradients: dict = field(default_factory=dict)  # term id -> {path: gradient of its contribution}
+    step_function: Any = None
+    assembled: list = field(default_factory=list)  # [assemble.AssembledTerm], in the order of `terms`
+
+
+def analyse_custom(eng, model, sig, batch, runs, step=None, *, gradients=True, gradient_limit=None,
+                   rtol=1e-5, atol=1e-7) -> CustomResult:
+    """Decompose, run twice, assemble and verify the loss a custom step differentiates."""
+    d = decompose_module.decompose(eng, model, step)
+    xs, ys, sw = eng.pack_batch(model, sig, batch)
+    args = decompose_module.arguments(d, step, model, eng.as_tensors(xs), eng.as_tensors(ys),
+                                      eng.as_tensors(sw) if sw is not None else None)
+    first, losses_after = _instrumented_run(eng, model, sig, d, step, args, runs)
+    if first.error is not None:
+        raise UserError(_step_failed(d, first.error))
+    second = _real_run(eng, model, d, step, args, runs)
+    result = _assemble(eng, model, d, first, second)
+    result.losses_after = losses_after
+    result.step_function = step
+    _verify_gradients(eng, result, d, first, second, rtol, atol)
+    if gradients:
+        result.attribution = _attribute(eng, model, result, d, gradient_limit)
+    return result
+
+
+# ---------------------------------------------------------------- the two runs
+def _instrumented_run(eng, model, sig, d, step, args, runs):
+    probe = eng.probe(model)
+    expand = _expander(eng, model, sig, d, probe)
+    d.attribution = Attribution(eng, d)
+    instrument(d, expand, d.attribution)
+    if d.nested is not None:
+        instrument(d.nested, expand, None)
+    d.recorder.expand_losses = lambda losses: eng.additional_for(model, losses, probe)
+    if d.nested is not None:
+        d.nested.recorder.expand_losses = d.recorder.expand_losses
+    call, _ = decompose_module.callables(d, step, model)
+    with runs.seeded():
+        runs.state.swap_in_copies()
+        with probe, _patched_compute_loss(model, d):
+            result = run(lambda: call(*args), eng.optimizer_classes(), eng)
+            d.recorder.on_gradient = None
+        losses_after = _losses_after(eng, model, probe)
+    return result, losses_after
+
+
+def _expander(eng, model, sig, d, probe):
+    def expand(call):
+        nested = d.nested
+        if nested is not None and getattr(call.fn, "__func__", None) is nested.instrumented:
+            return nested
+        return eng.expand_keras_loss(model, sig, call, probe)
+    return expand
+
+
+class _patched_compute_loss:
+    """The instrumented override as the model's `compute_loss`, for the instrumented run only."""
+
+    def __init__(self, model, d: Decomposition):
+        self.model, self.nested = model, d.nested
+
+    def __enter__(self):
+        if self.nested is not None:
+            object.__setattr__(self.model, "compute_loss", types.MethodType(self.nested.instrumented, self.model))
+
+    def __exit__(self, *exc):
+        if self.nested is not None:
+            object.__delattr__(self.model, "compute_loss")
+        return False
+
+
+def _real_run(eng, model, d, step, args, runs):
+    _, real = decompose_module.callables(d, step, model)
+    with runs.seeded():
+        runs.state.swap_in_copies()
+        return run(lambda: real(*args), eng.optimizer_classes(), eng)
+
+
+def _losses_after(eng, model, probe) -> list:
+    try:
+        losses = list(model.losses)
+        return [(a.kind, scalar_value(t)) for a, t in zip(eng.additional_for(model, losses, probe), losses)]
+    except Exception:  # the findings only lose a count
+        return []
+
+
+def _step_failed(d, exc) -> str:
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == d.step.file]
+    where = f" at line {frames[-1].lineno} of {d.step.file}" if frames else ""
+    text = str(exc).strip().splitlines()
+    first = text[0][:300] if text else ""
+    return (f"the step {d.fn.__qualname__} raised {type(exc).__name__}{where}: {first} (check that --data fits "
+            "what the step expects: keys x, y, sample_weight)")
+
+
+# ---------------------------------------------------------------- terms and numbers
+def _assemble(eng, model, d, first, second) -> CustomResult:
+    objectives = d.parts.objectives
+    labels = {o.id: (None if len(objectives) == 1 else f"objective/{o.id}") for o in objectives}
+    asm = Assembler(eng, labels.get)
+    for o in objectives:
+        asm.objective(d, o.id)
+    assembled = asm.out.terms
+    _unique_ids([a.term for a in assembled])
+    targets = {o.id: scalar_value(t) for o, t in ((o, d.attribution.targets.get(o.id)) for o in objectives)
+               if t is not None}
+    result = CustomResult(
+        decomposition=d, terms=[a.term for a in assembled], objectives=[],
+        target=math.fsum(targets.values()) if targets else None,
+        logged=_logged_loss(first.returned), keras_logged=None, gradients_verified=None,
+        gradient_notes=[], attribution=None, unsplit=asm.out.unsplit, notes=asm.out.notes + list(d.recorder.errors),
+        real_error=second.error, captures=asm.out.captures)
+    if d.kind == "keras_default":
+        result.keras_logged = _logged_loss(second.returned)
+    result.assembled = assembled
+    result.objectives = [_objective_entry(eng, d, o, labels[o.id] or f"objective/{o.id}", targets.get(o.id),
+                                          assembled, first) for o in objectives]
+    return result
+
+
+def _logged_loss(returned) -> Optional[float]:
+    """The loss a step returns: `logs["loss"]`, or the value itself when it returns one tensor."""
+    value = returned.get("loss") if isinstance(returned, dict) else returned
+    if value is None or isinstance(value, (dict, list, tuple, str)):
+        return None
+    try:
+        return scalar_value(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _objective_entry(eng, d, o, label, target, assembled, first) -> dict:
+    members = [a for a in assembled if a.objective == o.id]
+    value = math.fsum(a.term.contribution for a in members)
+    g = o.gradient
+    update = _update_of(d, o, first.updates)
+    return {
+        "id": label,
+        "optimizer": _optimizer_label(d, update, g),
+        "target": g.target_text if g is not None else "",
+        "source": {"file": d.step.file, "line": g.line if g is not None else d.step.start_line,
+                   "function": d.fn.__qualname__},
+        "value": target,
+        "reproduced": value,
+        "terms": [a.term.id for a in members],
+        "variables": list(d.attribution.sources.get(o.id, [])),
+        "verified": None,
+    }
+
+
+def _update_of(d, o, updates):
+    """The optimizer call that applied this objective's gradient (matched by the gradient objects)."""
+    if o.gradient is None:
+        return None
+    record = d.recorder.gradients.get(o.gradient.index)
+    if record is None:
+        return None
+    import tensorflow as tf
+
+    produced = {id(g) for g in tf.nest.flatten(record.result) if g is not None}
+    for i, update in enumerate(updates):
+        if produced & {id(g) for g in update.tensors if g is not None}:
+            return i, update
+    return None
+
+
+def _optimizer_label(d, update, g) -> Optional[str]:
+    if update is None:
+        return None
+    _, u = update
+    text = next((c.optimizer_text for c in d.step.optimizer_calls), None)
+    name = type(u.optimizer).__name__
+    return f"{text} ({name})" if text else name
+
+
+def _unique_ids(terms):
+    seen = {}
+    for t in terms:
+        if t.id in seen:
+            seen[t.id] += 1
+            t.id = f"{t.id}#{seen[t.id]}"
+        else:
+            seen[t.id] = 0
+    return terms
+
+
+# ---------------------------------------------------------------- gradients
+def term_gradient(assembled, attribution) -> dict:
+    """The gradient of one term's contribution, by variable path."""
+    recorded = attribution.term_gradients.get(assembled.objective, {}).get(assembled.key, {})
+    if assembled.local_variable is not None:
+        g = recorded.get(assembled.local_variable)
+        return {} if g is None else {assembled.local_variable: g * assembled.multiplier}
+    return {p: g * assembled.multiplier for p, g in recorded.items()}
+
+
+def _verify_gradients(eng, result, d, first, second, rtol, atol):
+    """Per objective: the sum of the terms' gradients against what each run handed its optimizer."""
+    checks, notes = [], []
+    for o, entry in zip(d.parts.objectives, result.objectives):
+        matched = _update_of(d, o, first.updates)
+        if matched is None:
+            notes.append(f"{entry['id']}: no optimizer call received its gradient, so the applied gradient "
+                         "was not compared")
+            continue
+        index, applied = matched
+        real = second.updates[index] if index < len(second.updates) else None
+        parts = [term_gradient(a, d.attribution) for a in result.assembled if a.objective == o.id]
+        summed = _sum_gradients(parts)
+        ok = _close(summed, applied.gradients, parts, rtol, atol)
+        ok_real = real is not None and _close(applied.gradients, real.gradients, [applied.gradients], rtol, atol)
+        entry["verified"] = bool(ok and ok_real and entry["value"] is not None and
+                                 _close_value(entry["reproduced"], entry["value"], rtol, atol))
+        checks.append(ok and ok_real)
+        if not ok_real:
+            notes.append(f"{entry['id']}: the step as written applied other gradients than its instrumented copy")
+    result.gradients_verified = all(checks) if checks else None
+    result.gradient_notes = notes
+    result.term_gradients = {a.term.id: term_gradient(a, d.attribution) for a in result.assembled}
+
+
+def _sum_gradients(parts) -> dict:
+    out = {}
+    for grads in parts:
+        for p, g in grads.items():
+            g = np.asarray(g, np.float64)
+            out[p] = g.copy() if p not in out else out[p] + g
+    return out
+
+
+def _close(a: dict, b: dict, parts, rtol, atol) -> bool:
+    """Variable by variable, within rtol of the magnitude of what was added (float rounding grows with it)."""
+    for p in set(a) | set(b):
+        x = np.asarray(a.get(p, 0.0), np.float64)
+        y = np.asarray(b.get(p, 0.0) if b.get(p) is not None else 0.0, np.float64)
+        scale = np.abs(x) + np.abs(y)
+        for grads in parts:
+            if grads.get(p) is not None:
+                scale = scale + np.abs(np.asarray(grads[p], np.float64))
+        if np.any(np.abs(x - y) > atol + rtol * np.max(scale)):
+            return False
+    return True
+
+
+def _close_value(a, b, rtol, atol) -> bool:
+    return abs(a - b) <= atol + rtol * max(abs(a), abs(b))
+
+
+def _attribute(eng, model, result, d, gradient_limit) -> dict:
+    """Per-term gradient statistics, through the same accumulator as the compiled path."""
+    paths = []
+    for o in d.parts.objectives:
+        paths += [p for p in d.attribution.sources.get(o.id, []) if p not in paths]
+    acc = gradients_module.Accumulator(paths)
+    limit = gradient_limit or gradients_module.DEFAULT_LIMIT
+    notes = list(result.gradient_notes)
+    shared = [a for a in result.assembled if a.local_variable is None]
+    for unit, members in gradients_module.plan_units([a.term for a in shared], limit, notes):
+        acc.add_shared(unit, _sum_gradients([result.term_gradients[shared[i].term.id] for i in members]))
+    for a in result.assembled:
+        if a.local_variable is not None:
+            unit = gradients_module.Unit(a.term.id, a.term.id, a.term.kind, [a.term.id], False)
+            acc.add_local(unit, a.local_variable, result.term_gradients[a.term.id].get(a.local_variable))
+    if len(d.parts.objectives) > 1:
+        notes.append("the step differentiates several objectives: shares are of the sum of every term's gradient")
+    optimizer = eng.optimizer_name(model)
+    return gradients_module.summarise(acc, acc.finish(), optimizer, limit, notes)

@@ -1,0 +1,101 @@
+"""Which function of the user's to read, and how: the step, and an overridden `compute_loss` it calls.
+
+    train_step override      -> the override, called as model.train_step(data)
+    compute_loss override    -> Keras's default step (`default_step.keras_train_step`), whose
+                                compute_loss call opens into the override
+    --step FILE.py:FUNCTION  -> the function, called by the contract's convention
+"""
+from __future__ import annotations
+
+import types
+from typing import Optional
+
+from lossmap.errors import UserError
+from lossmap.steps import default_step
+from lossmap.steps.locate import StepFunction, describe
+from lossmap.steps.read import SourceUnavailable, read_function
+from lossmap.steps.run import Decomposition
+from lossmap.steps.split import split, split_returns
+
+
+def decompose(eng, model, step: Optional[StepFunction]) -> Decomposition:
+    """The decomposition of what trains `model`: `step` when given, else the model's own overrides."""
+    overridden = eng.overrides(model)
+    nested = _compute_loss(overridden["compute_loss"])
+    if step is not None:
+        outer = _read(step.fn, "function", step.spec)
+    elif overridden["train_step"] is not None:
+        outer = _read(overridden["train_step"], "train_step", f"{type(model).__name__}.train_step")
+    elif nested is not None:
+        fn = default_step.keras_train_step
+        outer = _read(fn, "keras_default", "Keras's default train_step")
+    else:
+        raise ValueError("nothing custom to decompose")
+    outer.nested = nested
+    if not outer.parts.objectives:
+        raise UserError(f"{_where(outer)} never differentiates a loss with a GradientTape (no "
+                        "tape.gradient(loss, variables) whose result an optimizer applies): lossmap explains a step "
+                        "that computes and applies gradients")
+    return outer
+
+
+def _compute_loss(fn) -> Optional[Decomposition]:
+    if fn is None:
+        return None
+    step = _source(fn, f"{fn.__qualname__}")
+    return Decomposition(fn=fn, step=step, parts=split_returns(step), kind="compute_loss")
+
+
+def _read(fn, kind: str, spec: str) -> Decomposition:
+    step = _source(fn, spec)
+    return Decomposition(fn=fn, step=step, parts=split(step), kind=kind)
+
+
+def _source(fn, spec):
+    try:
+        return read_function(fn)
+    except SourceUnavailable as exc:
+        raise UserError(f"{spec}: {exc}; lossmap reads the step from its source file: define it in a .py file") from exc
+    except Exception as exc:  # a parse failure of code Python itself runs: say so, not a traceback
+        raise UserError(f"{spec}: lossmap could not read its source ({type(exc).__name__}: {exc})") from exc
+
+
+def _where(d: Decomposition) -> str:
+    return f"{d.fn.__qualname__} ({d.step.file}:{d.step.start_line})"
+
+
+def arguments(d: Decomposition, step: Optional[StepFunction], model, x, y, sample_weight) -> tuple:
+    """The positional arguments of one call of the step, by the contract's convention."""
+    if d.kind == "train_step":
+        return ((x, y) if sample_weight is None else (x, y, sample_weight),)
+    if d.kind == "keras_default":
+        return (model, x, y, sample_weight)
+    head = (model,) if step.model_first else ()
+    if step.convention == "data":
+        return head + (((x, y) if sample_weight is None else (x, y, sample_weight)),)
+    if step.convention == "x_y":
+        return head + (x, y)
+    if step.convention == "x_y_sample_weight":
+        return head + (x, y, sample_weight)
+    return head + ((x, y) if sample_weight is None else (x, y, sample_weight))
+
+
+def callables(d: Decomposition, step: Optional[StepFunction], model):
+    """(instrumented, real): the two functions a run calls with `arguments(...)`."""
+    if d.kind == "train_step":
+        return types.MethodType(d.instrumented, model), model.train_step
+    if d.kind == "keras_default":
+        return d.instrumented, _real_default_step(model)
+    return d.instrumented, step.fn
+
+
+def _real_default_step(model):
+    """The model's real `train_step` (Keras's own), called like `keras_train_step`."""
+    def call(_model, x, y, sample_weight=None):
+        data = (x, y) if sample_weight is None else (x, y, sample_weight)
+        return model.train_step(data)
+    return call
+
+
+def describe_step(obj, spec) -> StepFunction:
+    return describe(obj, spec)
