@@ -9,7 +9,7 @@
 __version__ = "0.1.0"
 
 
-def analyse(model, data=None, **options):
+def analyse(model=None, data=None, **options):
     """See `lossmap.pipeline.analyse`."""
     from lossmap.pipeline import analyse as _analyse
 
@@ -19,7 +19,7 @@ def analyse(model, data=None, **options):
 check = analyse
 
 
-def explain(model, batch=None, **options):
+def explain(model=None, batch=None, **options):
     """Analyse `model` and return an `Explanation` (HTML in Jupyter, `save()`, `to_json()`, `str()`).
 
     `batch` is None (a synthetic batch), a path to an .npz, or a tuple `(x, y)` /

@@ -25,19 +25,30 @@ class _Parser(argparse.ArgumentParser):
 
 # The bundled examples (lossmap.examples.EXAMPLES), listed here so that argument
 # errors never import Keras; tests/test_report.py checks that the two agree.
-EXAMPLES = ("multitask", "dense_variational")
+# name -> (MODEL, --step): the specs each example runs as
+EXAMPLES = {
+    "multitask": ("lossmap.examples:multitask", None),
+    "dense_variational": ("lossmap.examples:dense_variational", None),
+    "physics_informed": ("lossmap.examples:physics_informed", None),
+    "input_gradient": ("lossmap.examples:input_gradient", None),
+    "custom_loop": (None, "lossmap.examples.custom_loop:train_step"),
+}
 
 MODEL_HELP = ("a .keras archive (or a tf_keras .h5 file), or a factory path/to/file.py:function or "
               "package.module:function returning a compiled model")
 
 
-def _common_options(model_optional: bool) -> argparse.ArgumentParser:
+def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("model and data")
-    if model_optional:
-        g.add_argument("model", metavar="MODEL", nargs="?", help=MODEL_HELP + " (or --example NAME)")
-    else:
-        g.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    g.add_argument("model", metavar="MODEL", nargs="?",
+                   help=MODEL_HELP + " (may be left out with --step or --example)")
+    g.add_argument("--step", metavar="FILE.py:FUNCTION",
+                   help="a training-step function to explain (FUNCTION(x, y), FUNCTION(x, y, sample_weight) or "
+                        "FUNCTION(data); the model first when its first parameter is model or self); MODEL may "
+                        "be left out when the function reaches exactly one Keras model")
+    g.add_argument("--example", choices=tuple(EXAMPLES), metavar="NAME",
+                   help=f"a bundled example ({', '.join(EXAMPLES)})")
     g.add_argument("--data", metavar="BATCH.npz",
                    help="batch to evaluate: keys x, y, sample_weight (or x/<input>, y/<output>, "
                         "sample_weight/<output>); default: a synthetic batch")
@@ -62,7 +73,7 @@ def _common_options(model_optional: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common_options(model_optional=False)
+    common = _common_options()
     parser = _Parser(
         prog="lossmap",
         description="Explain, term by term, the loss Keras trains your model on, and verify it "
@@ -79,15 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="lowest finding level that makes the exit code 1 (default error)")
     sub.add_parser("explain", parents=[common], help="the loss as an equation, a term table and findings",
                    description="Print the loss as an equation with this batch's numbers.")
-    report = sub.add_parser("report", parents=[_common_options(model_optional=True)],
+    report = sub.add_parser("report", parents=[common],
                             help="write the HTML explainer (one self-contained file)",
                             description="Write one self-contained HTML file that explains the model's "
                                         "training loss down to the Keras source lines that compute it.")
     report.add_argument("-o", "--output", metavar="OUT.html",
                         help="where to write the report (default: ./<model name>.lossmap.html)")
     report.add_argument("--json", dest="json_out", metavar="OUT.json", help="also write the JSON document here")
-    report.add_argument("--example", choices=EXAMPLES, metavar="NAME",
-                        help=f"report on a bundled example model ({', '.join(EXAMPLES)})")
     report.add_argument("--compare-engines", action="store_true",
                         help="run the model in both tf_keras and Keras 3 and add a side-by-side table (MODEL: a "
                              "factory taking the Keras module, def build(keras), or a tf_keras .keras/.h5 file)")
@@ -135,8 +144,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    if args.command == "report":
-        _resolve_report_model(args)
+    _resolve_model(args)
     _quiet_tensorflow()
     if args.data is not None and not os.path.exists(args.data):
         raise UserError(f"--data {args.data}: no such file")
@@ -150,7 +158,7 @@ def _run(args) -> int:
             args.model, args.data, batch_size=args.batch_size, seed=args.seed, imports=args.imports,
             unsafe=args.unsafe, engine=args.engine, rtol=args.rtol, atol=args.atol,
             gradients=not args.no_gradients, gradient_limit=args.gradient_limit,
-            sources=args.command == "report")
+            sources=args.command == "report", **({"step": args.step} if args.step else {}))
     if args.command == "report":
         return _write_report(args, analysis)
     if args.command == "check" and args.format == "json":
@@ -166,19 +174,26 @@ def _run(args) -> int:
     return exit_code(analysis, args.fail_on)
 
 
-def _resolve_report_model(args):
-    if args.example and args.model:
-        raise UserError("give either MODEL or --example NAME, not both")
+def _resolve_model(args):
+    """MODEL, --step and --example: which model and step to explain (usage errors before any import)."""
+    if args.example and (args.model or args.step):
+        raise UserError("give either MODEL (and --step) or --example NAME, not both")
     if args.example:
-        args.model = f"lossmap.examples:{args.example}"
+        args.model, args.step = EXAMPLES[args.example]
         args.default_stem = args.example
-    elif not args.model:
-        raise UserError("lossmap report needs MODEL (a .keras file or a factory) or --example NAME "
-                        f"({', '.join(EXAMPLES)})")
+    elif not args.model and not args.step:
+        raise UserError(f"lossmap {args.command} needs MODEL (a .keras file or a factory), --step FILE.py:FUNCTION "
+                        f"or --example NAME ({', '.join(EXAMPLES)})")
     else:
-        base = os.path.basename(args.model.rstrip("/\\"))
-        args.default_stem = base.rsplit(":", 1)[-1] if ":" in base and not os.path.exists(args.model) \
+        named = args.model or args.step
+        base = os.path.basename(named.rstrip("/\\"))
+        args.default_stem = base.rsplit(":", 1)[-1] if ":" in base and not os.path.exists(named) \
             else os.path.splitext(base)[0]
+    if args.command == "report":
+        _check_report_paths(args)
+
+
+def _check_report_paths(args):
     out = args.output or f"{args.default_stem}.lossmap.html"
     for path in (out, args.json_out):
         if path:

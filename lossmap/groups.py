@@ -99,6 +99,7 @@ class Grouping:
     compiled: tuple
     additional: tuple
     scale: float  # sum of |contribution| over the finite terms: every share is relative to it
+    custom: tuple = ()  # terms of the user's own step, one bucket each (never grouped: each is a line of code)
 
     @property
     def groups(self) -> list:
@@ -113,11 +114,12 @@ def group_terms(terms, threshold: int = GROUP_THRESHOLD) -> Grouping:
     terms = list(terms)
     scale = math.fsum(abs(t.contribution) for t in terms if _finite(t.contribution))
     compiled = [t for t in terms if t.kind == "compiled"]
-    additional = [t for t in terms if t.kind != "compiled"]
+    additional = [t for t in terms if t.kind not in ("compiled", "custom")]
+    custom = tuple(Bucket((t,)) for t in terms if t.kind == "custom")
     taken: list = []
     c_buckets = _make_buckets(compiled, _compiled_keys, threshold, scale, True, taken) if compiled else []
     a_buckets = _make_buckets(additional, _additional_keys, threshold, scale, False, taken) if additional else []
-    return Grouping(tuple(c_buckets), tuple(a_buckets), scale)
+    return Grouping(tuple(c_buckets), tuple(a_buckets), scale, custom)
 
 
 def term_share(t, scale: float) -> float:

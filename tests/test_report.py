@@ -119,7 +119,7 @@ def test_examples_list_matches_the_package():
     from lossmap.cli import EXAMPLES
     from lossmap.examples import EXAMPLES as BUILT
 
-    assert set(EXAMPLES) == set(BUILT)
+    assert EXAMPLES == BUILT
 
 
 def test_report_size_for_many_terms(tmp_path):

@@ -249,6 +249,10 @@ class Engine:
         """`AdditionalCapture`s for the entries of `model.losses` a step read, in the same order."""
         raise NotImplementedError
 
+    def builtin_loss_name(self, obj):
+        """The built-in loss function a loss object of this Keras computes, or None (labels for synthetic batches)."""
+        raise NotImplementedError
+
     def optimizer_classes(self) -> tuple:
         """The base classes of this Keras's optimizers (whose `apply_gradients` a run watches)."""
         raise NotImplementedError

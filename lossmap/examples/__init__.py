@@ -1,5 +1,8 @@
 """Bundled example models, built by factories (`lossmap explain lossmap.examples:multitask`).
 
+Custom training code: `physics_informed` and `input_gradient` (train_step overrides, their own
+modules) and `custom_loop` (a hand-written step function with a global model and optimizer).
+
 `multitask` has what users ask about: two heads with loss weights, L2 on the
 kernels, an activity regularizer, a layer that calls `add_loss`, Dropout and
 BatchNormalization. `dense_variational` (tf_keras + TensorFlow Probability) is
@@ -100,4 +103,25 @@ def dense_variational():
     return model
 
 
-EXAMPLES = {"multitask": multitask, "dense_variational": dense_variational}
+def physics_informed():
+    """A `train_step` override: data loss plus two physics terms on the input and the prediction."""
+    from lossmap.examples.physics_informed import physics_informed as build
+
+    return build()
+
+
+def input_gradient():
+    """A `train_step` override whose smoothness penalty is built from d(output)/d(input) (nested tapes)."""
+    from lossmap.examples.input_gradient import input_gradient as build
+
+    return build()
+
+
+# name -> (MODEL, --step), as `lossmap report --example NAME` runs it (lossmap.cli.EXAMPLES agrees)
+EXAMPLES = {
+    "multitask": ("lossmap.examples:multitask", None),
+    "dense_variational": ("lossmap.examples:dense_variational", None),
+    "physics_informed": ("lossmap.examples:physics_informed", None),
+    "input_gradient": ("lossmap.examples:input_gradient", None),
+    "custom_loop": (None, "lossmap.examples.custom_loop:train_step"),
+}

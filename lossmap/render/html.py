@@ -46,6 +46,7 @@ def context(analysis, command=None) -> dict:
         "cosine_heatmap": svg.cosine_heatmap(analysis) if g else None,
         "code_css": code_css(),
         "walkthrough": [_step_view(s) for s in getattr(analysis, "walkthrough", []) or []],
+        "user_step": [_step_view(s) for s in getattr(analysis, "step_view", None) or []],
         "call_sites": _call_site_views(analysis),
         "findings": _finding_views(analysis),
         "json_doc": analysis.to_dict(),

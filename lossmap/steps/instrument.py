@@ -93,6 +93,9 @@ def plan(step: StepSource, parts: Split) -> dict:
     for addends in by_node.values():
         first = addends[0]
         ids = [a.id for a in addends]
+        if first.augmented is not None:
+            add(first.augmented, _expand_augmented(ids))
+            continue
         if first.kind == "keras_loss":
             add(first.value_node, _prefix_call("keras_loss", _ids(ids)))
             continue
@@ -110,6 +113,18 @@ def plan(step: StepSource, parts: Split) -> dict:
         if ret.value is not None:
             add(ret.value, _wrap("returned_value"))
     return out
+
+
+def _expand_augmented(ids):
+    """`name += x` -> `name = __lm__.value(ids, name) + (x)` (`-=` alike): the name's earlier value recorded."""
+    def wrap(node: cst.AugAssign):
+        op = cst.Add() if isinstance(node.operator, cst.AddAssign) else cst.Subtract()
+        left = cst.Call(func=_lm("value"), args=[cst.Arg(_ids(ids)), cst.Arg(node.target)])
+        right = node.value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()]) \
+            if hasattr(node.value, "lpar") and not node.value.lpar else node.value
+        return cst.Assign(targets=[cst.AssignTarget(node.target)],
+                          value=cst.BinaryOperation(left=left, operator=op, right=right))
+    return wrap
 
 
 def _gradient_call(index: int):

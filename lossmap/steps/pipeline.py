@@ -25,7 +25,7 @@ def analyse_custom_code(eng, model, info, step_fn, data, *, batch_size, seed, rt
     runs = _SeededRuns(eng, model, seed, state=state)
     rtol_, atol_ = tolerances("float32", rtol, atol)
     with runs:
-        sig = eng.signature(model)
+        sig = labels_from_step_losses(eng, eng.signature(model), model, step_fn)
         batch = _batch(data, sig, batch_size, seed)
         result = analyse_custom(eng, model, sig, batch, runs, step_fn, gradients=gradients,
                                 gradient_limit=gradient_limit, rtol=rtol_, atol=atol_)
@@ -41,6 +41,27 @@ def analyse_custom_code(eng, model, info, step_fn, data, *, batch_size, seed, rt
 
         attach_sources(analysis, eng, result)
     return analysis
+
+
+def labels_from_step_losses(eng, sig, model, step_fn):
+    """Outputs no compiled loss scores get synthetic labels for the built-in loss the step itself uses,
+    when it reaches exactly one (a global `loss_fn = SparseCategoricalCrossentropy()`, `self.loss_fn`)."""
+    from lossmap.steps.locate import references
+    from lossmap.steps.state import attribute_references
+
+    if all(o.loss_fn is not None for o in sig.outputs):
+        return sig
+    found = {r.get() for r in attribute_references(model, lambda o: eng.builtin_loss_name(o) is not None)}
+    if step_fn is not None:
+        found |= {r.get() for r in references(step_fn.fn, lambda o: eng.builtin_loss_name(o) is not None)}
+    names = {eng.builtin_loss_name(o) for o in found}
+    if len(names) != 1:
+        return sig
+    name = names.pop()
+    for o in sig.outputs:
+        if o.loss_fn is None:
+            o.loss_fn = name
+    return sig
 
 
 def _step_info(result) -> dict:
@@ -70,13 +91,21 @@ def _total(eng, result, rtol, atol) -> Total:
     diff, verified = compare(reproduced, [compute_loss, train_step], scale, rtol, atol)
     total = Total(reproduced=reproduced, compute_loss=compute_loss, train_step=train_step, max_abs_diff=diff,
                   rtol=rtol, atol=atol, verified=verified, path=path,
-                  summation="the step's own sum: " + " + ".join(_objective_texts(result)))
+                  summation=" | ".join(_objective_texts(result)))
     total.gradients_verified = result.gradients_verified
     return total
 
 
 def _objective_texts(result) -> list:
-    return [o["target"] or "returned value" for o in result.objectives] or ["?"]
+    """Per objective, the statements its addends come from, in source order."""
+    d = result.decomposition
+    out = []
+    for o in d.parts.objectives:
+        lines = sorted({d.parts.addends[a].statement for a in o.addends})
+        texts = [f"{d.step.statements[i].text} (line {d.step.statements[i].line})" for i in lines]
+        differentiated = f"; differentiated at line {o.gradient.line}" if o.gradient is not None else ""
+        out.append("; ".join(texts) + differentiated)
+    return out
 
 
 def _findings(analysis, eng, model, result, state) -> list:

@@ -72,6 +72,7 @@ class Addend:
     undecided: Optional[tuple] = None  # (left, right) factors of a product the run decides between
     keras_method: Optional[str] = None
     reason: Optional[str] = None  # why this addend was not split further
+    augmented: Optional[cst.AugAssign] = None  # `name += x` whose `name` is the value: rewritten `name = name + x`
 
 
 @dataclass
@@ -202,16 +203,39 @@ class _Splitter:
             why = (f"accumulated in a `{keyword_}` loop (line {line}), which lossmap does not unroll"
                    if keyword_ in ("for", "while") else f"assigned inside an `{keyword_}` block (line {line})")
             return [self.leaf(node, ctx, value_line=stmt.line, reason=why if composite else None)]
+        if isinstance(stmt.node, cst.AugAssign) or self.splits(value, stmt.index):
+            return self._value_after(stmt, node.value, ctx)
+        return [self.leaf(node, ctx, value_line=stmt.line)]
+
+    def _value_after(self, stmt, name: str, ctx):
+        """The addends of `name`'s value right after `stmt` (an assignment to it)."""
         at_def = replace(ctx, statement=stmt.index, depth=ctx.depth + 1)
-        if isinstance(stmt.node, cst.AugAssign):
-            op = stmt.node.operator
-            if isinstance(op, (cst.AddAssign, cst.SubtractAssign)):
-                right = at_def if isinstance(op, cst.AddAssign) else _scaled(at_def, -1.0, ("-", "neg"))
-                return self.expand(stmt.node.target, at_def) + self.expand(stmt.node.value, right)
-            return [self.leaf(node, ctx, value_line=stmt.line)]
+        node = stmt.node
+        if isinstance(node, cst.AugAssign):
+            op = node.operator
+            if not isinstance(op, (cst.AddAssign, cst.SubtractAssign)):
+                return [self._augmented_leaf(stmt, at_def)]
+            right = at_def if isinstance(op, cst.AddAssign) else _scaled(at_def, -1.0, ("-", "neg"))
+            return self._value_before(stmt, name, at_def) + self.expand(node.value, right)
+        value = _assigned_value(stmt, name)
         if self.splits(value, stmt.index):
             return self.expand(value, at_def)
-        return [self.leaf(node, ctx, value_line=stmt.line)]
+        addend = self.leaf(value, at_def, value_line=stmt.line)
+        addend.name = name
+        return [addend]
+
+    def _value_before(self, stmt, name: str, ctx):
+        """The addends of `name`'s value just before `stmt` (`name += ...`): its earlier definition, or
+        (a parameter, a global, a loop) the name itself, recorded by rewriting `stmt` as `name = name + ...`."""
+        found = self.reaching_definition(name, stmt.index)
+        if found is not None and not _inner_blocks(*found) and _assigned_value(found[0], name) is not None:
+            return self._value_after(found[0], name, ctx)
+        return [self._augmented_leaf(stmt, ctx)]
+
+    def _augmented_leaf(self, stmt, ctx):
+        addend = self.leaf(stmt.node.target, ctx, value_line=stmt.line)
+        addend.augmented = stmt.node
+        return addend
 
     def splits(self, node, statement: int, depth: int = 0) -> bool:
         """Whether `node` opens into more than one addend (or a Keras loss to expand): a name bound to

@@ -18,15 +18,28 @@ def attach_sources(analysis, eng, result):
         analysis.step_view = step_views(analysis, result)
     except Exception as exc:  # noqa: BLE001
         analysis.step_view = [sources.failed_step("user_step", "Your training step", "", exc)]
-    delegates = any(t.kind != "custom" for t in analysis.terms)
+    keras_side = keras_view(analysis)
     try:
-        analysis.walkthrough = sources.walkthrough(analysis, eng.walkthrough_anchors()) if delegates else []
+        analysis.walkthrough = sources.walkthrough(keras_side, eng.walkthrough_anchors()) if keras_side.terms else []
     except Exception as exc:  # noqa: BLE001
         analysis.walkthrough = [sources.failed_step("walkthrough", "Source walkthrough", "", exc)]
     try:
-        analysis.call_sites = sources.user_call_sites(analysis)
+        analysis.call_sites = {k: v for k, v in sources.user_call_sites(analysis).items()
+                               if not k.startswith("custom/")}
     except Exception:  # noqa: BLE001
         analysis.call_sites = {}
+
+
+def keras_view(analysis):
+    """The analysis as Keras's own code sees it: only the terms the step hands to Keras, and their sum
+    (what `compute_loss` returns), so the walkthrough's notes speak of Keras's part alone."""
+    import dataclasses
+    import math
+
+    terms = [t for t in analysis.terms if t.kind != "custom"]
+    total = dataclasses.replace(analysis.total, reproduced=math.fsum(t.contribution for t in terms),
+                                train_step=None)
+    return dataclasses.replace(analysis, terms=terms, total=total)
 
 
 def step_views(analysis, result) -> list:

@@ -27,6 +27,9 @@ class KerasEngine(Engine):
     def additional_for(self, model, losses, probe) -> list:
         return self.steps_module.additional_for(self, model, losses, probe)
 
+    def builtin_loss_name(self, obj):
+        return self.steps_module.builtin_loss_name(obj)
+
     def optimizer_classes(self) -> tuple:
         return self.steps_module.optimizer_classes()
 

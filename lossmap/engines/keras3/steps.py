@@ -88,6 +88,13 @@ def additional_for(engine, model, losses, loss_probe) -> list:
     return entries
 
 
+def builtin_loss_name(obj):
+    """The built-in loss function a Keras loss object computes (`sparse_categorical_crossentropy`), or None."""
+    from keras.src.losses.loss import Loss
+
+    return _capture.builtin_fn_name(obj) if isinstance(obj, Loss) else None
+
+
 def optimizer_classes():
     from keras.src.optimizers.base_optimizer import BaseOptimizer
 

@@ -24,6 +24,7 @@ CAPTION_H = 22
 SECTION_GAP = 18
 COMPILED_CAPTION = "compiled loss · Model.compile(loss=…, loss_weights=…)"
 ADDITIONAL_CAPTION = "additional losses · model.losses"
+CUSTOM_CAPTION = "your step · {function}"
 
 
 @dataclass
@@ -224,6 +225,56 @@ def _additional_rows(buckets, scale: float) -> list:
     return [r for rs in order.values() for r in rs]
 
 
+def _captions(analysis):
+    """The compiled and additional sections' captions; in a custom step, the call that brings them in."""
+    if analysis.model.step is None:
+        return COMPILED_CAPTION, ADDITIONAL_CAPTION
+    out = []
+    for kinds, what in ((("compiled",), "compiled loss"),
+                        (("weight_regularizer", "activity_regularizer", "add_loss"), "model.losses")):
+        via = next((t for t in analysis.terms if t.kind in kinds and t.expression), None)
+        out.append(f"{what} · via {via.expression} (line {(via.source or {}).get('line')})" if via else what)
+    return tuple(out)
+
+
+def _custom_term_row(t, scale: float) -> _Row:
+    """A term of the user's own step: fed by the line that computes it."""
+    share = term_share(t, scale)
+    src = t.source or {}
+    line = src.get("line")
+    node = _Node("custom term", t.expression or t.id, f"{num(t.contribution)} · {pct(share)}",
+                 f"{t.id}: {t.expression} (line {line}); value {num(t.value)}"
+                 + (f" x {num(t.weight)}" if t.weight != 1.0 else "") + f" = contribution {num(t.contribution)}",
+                 "#" + anchor_id("term", t.id), bar=share, max_chars=40)
+    source = _Node("source step", f"line {line}" if line else "your step", src.get("function") or "",
+                   f"{src.get('file')}:{line}", "#" + anchor_id("step", "user_step"), max_chars=28)
+    return _Row("custom", share, ("line", line), source, [node])
+
+
+def _custom_sections(analysis, grouping) -> list:
+    """(caption, rows, terms) for the custom terms: one section per objective of the step."""
+    terms = [b.terms[0] for b in grouping.custom]
+    if not terms:
+        return []
+    function = (analysis.model.step or {}).get("function") or "custom code"
+    objectives = list(dict.fromkeys(t.objective for t in terms))
+    out = []
+    for objective in objectives:
+        members = [t for t in terms if t.objective == objective]
+        caption = CUSTOM_CAPTION.format(function=function) + (f" · {objective}" if objective else "")
+        out.append((caption, [_custom_term_row(t, grouping.scale) for t in members], members))
+    return out
+
+
+def _custom_sum(members, scale, objective) -> _Node:
+    total = math.fsum(t.contribution for t in members)
+    share = math.fsum(term_share(t, scale) for t in members)
+    label = "Σ your terms" if not objective else f"Σ {objective}"
+    return _Node("sum custom-sum", label, f"= {num(total)} · {pct(share)}",
+                 f"the step's own terms{f' of {objective}' if objective else ''}: {len(members)} term"
+                 f"{'s' if len(members) != 1 else ''} = {num(total)}", "#" + anchor_id("step", "user_step"))
+
+
 # ====================================================================== the sums and the total
 @dataclass
 class _Sums:
@@ -255,7 +306,7 @@ def _total_node(total, href) -> _Node:
 
 def _sums(analysis, scale: float) -> _Sums:
     compiled = [t for t in analysis.terms if t.kind == "compiled"]
-    additional = [t for t in analysis.terms if t.kind != "compiled"]
+    additional = [t for t in analysis.terms if t.kind not in ("compiled", "custom")]
     step_link = _step_links(analysis)
     c_sum = math.fsum(t.contribution for t in compiled)
     a_sum = math.fsum(t.contribution for t in additional)
@@ -285,7 +336,7 @@ class _Columns:
         return self.x[4] + self.w[4] + MARGIN
 
 
-def _columns(crows: list, arows: list, sums: _Sums) -> _Columns:
+def _columns(crows: list, arows: list, sums: _Sums, extra_sums=()) -> _Columns:
     w0 = max([_node_width(r.source, 80) for r in crows + arows] + [80])
     w1 = max([_node_width(r.cells[0], 110) for r in crows] + [110])
     w2 = max([_node_width(r.cells[1], 110) for r in crows] + [110])
@@ -294,7 +345,7 @@ def _columns(crows: list, arows: list, sums: _Sums) -> _Columns:
         extra = span - (w1 + COL_GAP + w2)
         w1 += extra / 2
         w2 += extra / 2
-    sum_nodes = ([sums.compiled] if crows else []) + ([sums.additional] if arows else [])
+    sum_nodes = ([sums.compiled] if crows else []) + ([sums.additional] if arows else []) + list(extra_sums)
     w3 = max([_node_width(n, 100) for n in sum_nodes] + [100])
     w4 = max(_node_width(sums.total, 100), 100)
     xs = [MARGIN]
@@ -387,14 +438,21 @@ def loss_graph(analysis, *, group_threshold: int = GROUP_THRESHOLD) -> Graph:
                 else group_terms(analysis.terms, group_threshold))
     crows = _compiled_rows(grouping.compiled, grouping.scale)
     arows = _additional_rows(grouping.additional, grouping.scale)
+    custom = _custom_sections(analysis, grouping)
+    custom_sums = [_custom_sum(members, grouping.scale, rows[0] and members[0].objective)
+                   for _, rows, members in custom]
     sums = _sums(analysis, grouping.scale)
-    canvas = _Canvas(_columns(crows, arows, sums))
+    canvas = _Canvas(_columns(crows, arows + [r for _, rows, _ in custom for r in rows], sums, custom_sums))
     sum_centres = []
+    compiled_caption, additional_caption = _captions(analysis)
     if crows:
-        sum_centres.append((canvas.section(crows, COMPILED_CAPTION, sums.compiled, True), sums.compiled_share))
+        sum_centres.append((canvas.section(crows, compiled_caption, sums.compiled, True), sums.compiled_share))
     if arows:
-        sum_centres.append((canvas.section(arows, ADDITIONAL_CAPTION, sums.additional, False),
+        sum_centres.append((canvas.section(arows, additional_caption, sums.additional, False),
                             sums.additional_share))
+    for (caption, rows, members), node in zip(custom, custom_sums):
+        share = math.fsum(term_share(t, grouping.scale) for t in members)
+        sum_centres.append((canvas.section(rows, caption, node, False), share))
     height = canvas.total(sum_centres, sums.total)
     width = canvas.cols.width
     groups = [dict(g.as_dict(), anchor=anchor_id("group", g.key)) for g in grouping.groups]
