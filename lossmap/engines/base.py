@@ -261,8 +261,8 @@ class Engine:
         """The base classes of this Keras's metrics (state a step may update)."""
         raise NotImplementedError
 
-    def variable_path(self, variable) -> str:
-        """The name a variable goes by in the output (`dense/kernel`)."""
+    def variable_namer(self, model):
+        """A function giving each variable of `model` the path the output names it by (`dense/kernel`)."""
         raise NotImplementedError
 
     def dense_gradient(self, gradient):

@@ -45,6 +45,7 @@ class CustomResult:
     term_gradients: dict = field(default_factory=dict)  # term id -> {path: gradient of its contribution}
     step_function: Any = None
     assembled: list = field(default_factory=list)  # [assemble.AssembledTerm], in the order of `terms`
+    unexpanded: list = field(default_factory=list)  # Keras loss calls that stayed one term
 
 
 def analyse_custom(eng, model, sig, batch, runs, step=None, *, gradients=True, gradient_limit=None,
@@ -71,7 +72,7 @@ def analyse_custom(eng, model, sig, batch, runs, step=None, *, gradients=True, g
 def _instrumented_run(eng, model, sig, d, step, args, runs):
     probe = eng.probe(model)
     expand = _expander(eng, model, sig, d, probe)
-    d.attribution = Attribution(eng, d)
+    d.attribution = Attribution(eng, d, eng.variable_namer(model))
     instrument(d, expand, d.attribution)
     if d.nested is not None:
         instrument(d.nested, expand, None)
@@ -82,7 +83,7 @@ def _instrumented_run(eng, model, sig, d, step, args, runs):
     with runs.seeded():
         runs.state.swap_in_copies()
         with probe, _patched_compute_loss(model, d):
-            result = run(lambda: call(*args), eng.optimizer_classes(), eng)
+            result = run(lambda: call(*args), eng.optimizer_classes(), eng, eng.variable_namer(model))
             d.recorder.on_gradient = None
         losses_after = _losses_after(eng, model, probe)
     return result, losses_after
@@ -117,7 +118,7 @@ def _real_run(eng, model, d, step, args, runs):
     _, real = decompose_module.callables(d, step, model)
     with runs.seeded():
         runs.state.swap_in_copies()
-        return run(lambda: real(*args), eng.optimizer_classes(), eng)
+        return run(lambda: real(*args), eng.optimizer_classes(), eng, eng.variable_namer(model))
 
 
 def _losses_after(eng, model, probe) -> list:
@@ -156,6 +157,7 @@ def _assemble(eng, model, d, first, second) -> CustomResult:
         logged=_logged_loss(first.returned), keras_logged=None, gradients_verified=None,
         gradient_notes=[], attribution=None, unsplit=asm.out.unsplit, notes=asm.out.notes + list(d.recorder.errors),
         real_error=second.error, captures=asm.out.captures)
+    result.unexpanded = asm.out.unexpanded
     if d.kind == "keras_default":
         result.keras_logged = _logged_loss(second.returned)
     result.assembled = assembled

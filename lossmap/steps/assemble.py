@@ -38,6 +38,7 @@ class Assembled:
     unsplit: list = field(default_factory=list)  # [(term id or None, reason)]
     notes: list = field(default_factory=list)
     captures: list = field(default_factory=list)  # the Capture of every Keras expansion
+    unexpanded: list = field(default_factory=list)  # Keras loss calls that stayed one term (their text)
 
 
 def scalar_value(value) -> float:
@@ -71,6 +72,7 @@ class Assembler:
         if call is not None and call.expansion is not None:
             return self.keras_expansion(d, addend, call, weight, key, outer)
         if call is not None:
+            self.out.unexpanded.append(addend.value_text)
             self.out.unsplit.append((None, f"{addend.value_text} could not be opened into Keras's terms "
                                            f"({call.error})"))
         if addend.kind == "model_losses" and addend.id in rec.losses_captures:

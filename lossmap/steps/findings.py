@@ -32,8 +32,8 @@ def collect(analysis, eng, model, result) -> list:
 
 # ---------------------------------------------------------------- rules
 def _model_losses_ignored(analysis, eng, model, result):
-    if not result.losses_after or any(t.kind in ("weight_regularizer", "activity_regularizer", "add_loss")
-                                      for t in analysis.terms):
+    if not result.losses_after or result.unexpanded or any(
+            t.kind in ("weight_regularizer", "activity_regularizer", "add_loss") for t in analysis.terms):
         return []
     kinds = {}
     for kind, _ in result.losses_after:

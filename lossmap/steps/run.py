@@ -44,8 +44,9 @@ class Attribution:
     {term key: {variable path: gradient}} (of the recorded tensor, before any weight).
     """
 
-    def __init__(self, eng, decomposition: Decomposition):
+    def __init__(self, eng, decomposition: Decomposition, namer):
         self.eng = eng
+        self.namer = namer  # variable -> its path in the output
         self.decomposition = decomposition
         self.targets: dict = {}
         self.term_gradients: dict = {}
@@ -61,7 +62,7 @@ class Attribution:
             return
         self.targets[objective.id] = record.target
         sources = record.sources
-        paths = [self.eng.variable_path(v) for v in sources]
+        paths = [self.namer(v) for v in sources]
         self.sources[objective.id] = paths
         out = {}
         for key, tensor in term_tensors(self.decomposition, objective.id):
@@ -134,9 +135,9 @@ def instrument(decomposition: Decomposition, expand_keras: Callable, on_gradient
     return decomposition.instrumented
 
 
-def run(call: Callable, spy_classes, eng, before_call: Callable = lambda: None) -> StepRun:
+def run(call: Callable, spy_classes, eng, namer, before_call: Callable = lambda: None) -> StepRun:
     """Call `call()` once under the optimizer spy; an exception is kept, not raised."""
-    spy = OptimizerSpy(spy_classes, eng.variable_path, eng.dense_gradient)
+    spy = OptimizerSpy(spy_classes, namer, eng.dense_gradient)
     result = StepRun(updates=spy.updates, returned=None)
     with spy:
         before_call()

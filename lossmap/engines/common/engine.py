@@ -19,7 +19,7 @@ class KerasEngine(Engine):
         return self.steps_module.overrides(model)
 
     def probe(self, model):
-        return self.steps_module.probe(model)
+        return self.steps_module.probe(self, model)
 
     def expand_keras_loss(self, model, sig, call, probe):
         return self.steps_module.expand_keras_loss(self, model, sig, call, probe)
@@ -36,8 +36,8 @@ class KerasEngine(Engine):
     def metric_classes(self) -> tuple:
         return self.steps_module.metric_classes()
 
-    def variable_path(self, variable) -> str:
-        return self.steps_module.variable_path(variable)
+    def variable_namer(self, model):
+        return self.steps_module.variable_namer(model)
 
     def dense_gradient(self, gradient):
         return self.steps_module.dense_gradient(gradient)

@@ -152,3 +152,11 @@ def shared_facts(engine, sig) -> dict:
 
     return {"engine": engine.name, "outputs": len(sig.outputs), "output_names": [o.name for o in sig.outputs],
             "replicas": int(tf.distribute.get_strategy().num_replicas_in_sync)}
+
+
+# Layers whose output differs between training and inference (Keras's own classes).
+TRAINING_LAYERS = frozenset({
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+    "GaussianDropout", "AlphaDropout", "BatchNormalization", "RandomFlip", "RandomRotation",
+    "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness", "RandomCrop",
+})

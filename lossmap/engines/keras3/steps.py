@@ -13,15 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lossmap.engines.base import Capture
-from lossmap.engines.common.helpers import dense_grad
+from lossmap.engines.common.helpers import TRAINING_LAYERS, dense_grad
 from lossmap.engines.keras3 import capture as _capture
 
-# Layers whose output differs between training and inference (Keras's own classes).
-TRAINING_LAYERS = frozenset({
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-    "GaussianDropout", "AlphaDropout", "BatchNormalization", "RandomFlip", "RandomRotation",
-    "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness", "RandomCrop",
-})
 
 
 @dataclass
@@ -45,7 +39,7 @@ def overrides(model) -> dict:
     }
 
 
-def probe(model):
+def probe(engine, model):
     return _capture._LossProbe(model)
 
 
@@ -107,8 +101,9 @@ def metric_classes():
     return (Metric,)
 
 
-def variable_path(v) -> str:
-    return getattr(v, "path", None) or v.name
+def variable_namer(model):
+    """Variable -> the path the output names it by (`dense/kernel`), as the compiled path does."""
+    return lambda v: getattr(v, "path", None) or v.name
 
 
 def dense_gradient(g):

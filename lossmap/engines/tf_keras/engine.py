@@ -26,7 +26,7 @@ from typing import Optional
 from lossmap.engines.base import Batch, Capture, OutputSpec, Signature, TensorSpec, Verification
 from lossmap.engines.common.engine import KerasEngine
 from lossmap.engines.common.helpers import explain_load_error, int_input_bound, one_line, pack
-from lossmap.engines.tf_keras import capture as _capture, state as _state, train_step as _train_step
+from lossmap.engines.tf_keras import capture as _capture, state as _state, steps as _steps, train_step as _train_step
 from lossmap.engines.tf_keras.rules import TF_KERAS
 from lossmap.errors import UserError
 
@@ -51,6 +51,7 @@ class TfKerasEngine(KerasEngine):
     package = "tf_keras"
     engine_diffs_by_default = True  # a tf_keras model is told where Keras 3 would differ
     rules = TF_KERAS  # rules.py: LossesContainer.__call__ and Loss.__call__ in NumPy
+    steps_module = _steps  # steps.py: what lossmap.steps needs for custom training code
 
     def __init__(self):
         self.tfk = _tf_keras()
