@@ -132,15 +132,17 @@ class Analysis:
         raise KeyError(term_id)
 
     def to_dict(self) -> dict:
+        custom = self.model.step is not None
         doc = {
             "schema": SCHEMA,
             "lossmap_version": self.lossmap_version,
             "model": _without_unset(dataclasses.asdict(self.model), ("step",)),
             "batch": dataclasses.asdict(self.batch),
-            "terms": [_without_unset(dataclasses.asdict(t), CUSTOM_TERM_FIELDS) for t in self.terms],
-            "total": _without_unset(dataclasses.asdict(self.total), ("gradients_verified",))
-            if self.model.step is None and not self.model.custom_train_step and not self.model.custom_compute_loss
-            else dataclasses.asdict(self.total),
+            # custom training code's fields (null allowed there) only where a step was read
+            "terms": [dataclasses.asdict(t) if custom else _without_unset(dataclasses.asdict(t), CUSTOM_TERM_FIELDS)
+                      for t in self.terms],
+            "total": dataclasses.asdict(self.total) if custom
+            else _without_unset(dataclasses.asdict(self.total), ("gradients_verified",)),
             "findings": [dataclasses.asdict(f) for f in self.findings],
             "gradients": self.gradients,
         }

@@ -72,7 +72,7 @@ def analyse_custom(eng, model, sig, batch, runs, step=None, *, gradients=True, g
 def _instrumented_run(eng, model, sig, d, step, args, runs):
     probe = eng.probe(model)
     expand = _expander(eng, model, sig, d, probe)
-    d.attribution = Attribution(eng, d, eng.variable_namer(model))
+    d.attribution = Attribution(eng, d, eng.variable_namer(model), lambda: _losses_now(eng, model, probe))
     instrument(d, expand, d.attribution)
     if d.nested is not None:
         instrument(d.nested, expand, None)
@@ -85,8 +85,7 @@ def _instrumented_run(eng, model, sig, d, step, args, runs):
         with probe, _patched_compute_loss(model, d):
             result = run(lambda: call(*args), eng.optimizer_classes(), eng, eng.variable_namer(model))
             d.recorder.on_gradient = None
-        losses_after = _losses_after(eng, model, probe)
-    return result, losses_after
+    return result, d.attribution.snapshot_value or []
 
 
 def _expander(eng, model, sig, d, probe):
@@ -121,7 +120,8 @@ def _real_run(eng, model, d, step, args, runs):
         return run(lambda: real(*args), eng.optimizer_classes(), eng, eng.variable_namer(model))
 
 
-def _losses_after(eng, model, probe) -> list:
+def _losses_now(eng, model, probe) -> list:
+    """(kind, value) of each entry of model.losses when the step takes its gradient (before any update)."""
     try:
         losses = list(model.losses)
         return [(a.kind, scalar_value(t)) for a, t in zip(eng.additional_for(model, losses, probe), losses)]
@@ -136,8 +136,8 @@ def _step_failed(d, exc) -> str:
     where = f" at line {frames[-1].lineno} of {d.step.file}" if frames else ""
     text = str(exc).strip().splitlines()
     first = text[0][:300] if text else ""
-    return (f"the step {d.fn.__qualname__} raised {type(exc).__name__}{where}: {first} (check that --data fits "
-            "what the step expects: keys x, y, sample_weight)")
+    return (f"the step {d.fn.__qualname__} raised {type(exc).__name__}{where}: {first} (lossmap runs the step as "
+            "written on the batch, from --data or made up: check that the step runs on it)")
 
 
 # ---------------------------------------------------------------- terms and numbers
@@ -216,7 +216,8 @@ def _optimizer_label(d, update, g) -> Optional[str]:
     if update is None:
         return None
     _, u = update
-    text = next((c.optimizer_text for c in d.step.optimizer_calls), None)
+    results = set(g.results) if g is not None else set()
+    text = next((c.optimizer_text for c in d.step.optimizer_calls if results & c.reads), None)
     name = type(u.optimizer).__name__
     return f"{text} ({name})" if text else name
 

@@ -167,37 +167,38 @@ RULES = (_model_losses_ignored, _training_flag_missing, _input_gradient_terms, _
 
 
 # ---------------------------------------------------------------- gradients
-def gradient_findings(analysis, result) -> list:
+def gradient_findings(analysis, result, model=None) -> list:
     """The gradient statistics' findings; a dead custom term says where its path breaks."""
     out = []
     for f in gradients_module.findings(analysis.gradients, analysis.terms):
         if f.code == "DEAD_TERM" and f.term and f.term.startswith("custom/"):
             f = Finding("DEAD_TERM", "warning", f.term, f"{f.term} has no gradient path to any trainable variable: "
-                        + break_reason(result, f.term) + "; it changes the loss value but trains nothing")
+                        + break_reason(result, f.term, model) + "; it changes the loss value but trains nothing")
         out.append(f)
     return out
 
 
-def break_reason(result, term_id) -> str:
+def break_reason(result, term_id, model=None) -> str:
     """Where the term's path to the weights breaks, as far as the source tells."""
     d = result.decomposition
     assembled = next((a for a in result.assembled if a.term.id == term_id), None)
     if assembled is None or assembled.key[0] != "addend" or len(assembled.key) != 2:
         return "lossmap cannot tell from the source where the path breaks"
     addend = d.parts.addends[assembled.key[-1]]
-    statements = [d.step.statements[addend.statement]] + dependencies(d.step, addend.value_node, addend.statement)
-    for stmt in statements:
+    use = d.step.statements[addend.statement]
+    deps = dependencies(d.step, addend.value_node, addend.statement)
+    for stmt in [use] + deps:
         for matcher, what in BREAKS:
             if m.findall(stmt.node, matcher):
                 return f"line {stmt.line} passes it through {what}"
-    objective = d.parts.objectives[0].gradient
+    objective = d.parts.objectives[assembled.objective].gradient
     tape = next((t for t in d.step.tapes if objective is not None and t.name == objective.tape), None)
-    value_stmt = d.step.statements[addend.statement]
-    if tape is not None and tape.name not in value_stmt.tapes:
-        return (f"it is computed on line {value_stmt.line}, outside `with ... as {tape.name}:` (lines {tape.line}-"
+    computed = next((s for s in deps if s.line == addend.value_line), use)
+    if tape is not None and tape.name not in computed.tapes:
+        return (f"it is computed on line {computed.line}, outside `with ... as {tape.name}:` (lines {tape.line}-"
                 f"{tape.end_line}), so the tape never recorded it")
-    calls = {c.statement for c in d.step.model_calls}
-    if not any(s.index in calls for s in statements):
+    calls = {c.statement for c in d.step.model_calls if resolve_call(c, d, model, result.step_function) is not None}
+    if model is not None and not any(s.index in calls for s in [computed] + deps):
         return "it is computed from the batch alone (no call of the model in it), a constant for the optimizer"
     return "lossmap cannot tell from the source where the path breaks"
 

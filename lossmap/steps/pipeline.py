@@ -120,7 +120,7 @@ def _findings(analysis, eng, model, result, state) -> list:
     out = [f for f in out if f.code not in ("CUSTOM_TRAIN_STEP", "CUSTOM_COMPUTE_LOSS", "NOT_COMPILED")
            and not (f.code == "OPAQUE_TERM" and f.term and f.term.startswith("custom/"))]
     if analysis.gradients is not None:
-        out += step_findings.gradient_findings(analysis, result)
+        out += step_findings.gradient_findings(analysis, result, model)
     out += step_findings.collect(analysis, eng, model, result)
     if not analysis.state_restored:
         out.append(Finding("STATE_NOT_RESTORED", "error", None,

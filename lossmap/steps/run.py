@@ -44,10 +44,12 @@ class Attribution:
     {term key: {variable path: gradient}} (of the recorded tensor, before any weight).
     """
 
-    def __init__(self, eng, decomposition: Decomposition, namer):
+    def __init__(self, eng, decomposition: Decomposition, namer, snapshot: Optional[Callable] = None):
         self.eng = eng
         self.namer = namer  # variable -> its path in the output
         self.decomposition = decomposition
+        self.snapshot = snapshot  # called once, at the first gradient: what the model holds before any update
+        self.snapshot_value = None
         self.targets: dict = {}
         self.term_gradients: dict = {}
         self.sources: dict = {}  # objective id -> variable paths it differentiates
@@ -60,6 +62,8 @@ class Attribution:
                           if o.gradient is not None and o.gradient.index == gradient_index), None)
         if objective is None:
             return
+        if self.snapshot is not None and self.snapshot_value is None:
+            self.snapshot_value = self.snapshot()
         self.targets[objective.id] = record.target
         sources = record.sources
         paths = [self.namer(v) for v in sources]

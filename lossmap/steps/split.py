@@ -202,7 +202,8 @@ class _Splitter:
             composite = self.splits(value, stmt.index) or isinstance(stmt.node, cst.AugAssign)
             why = (f"accumulated in a `{keyword_}` loop (line {line}), which lossmap does not unroll"
                    if keyword_ in ("for", "while") else f"assigned inside an `{keyword_}` block (line {line})")
-            return [self.leaf(node, ctx, value_line=stmt.line, reason=why if composite else None)]
+            loop = keyword_ in ("for", "while")
+            return [self.leaf(node, ctx, value_line=stmt.line, reason=why if composite or not loop else None)]
         if isinstance(stmt.node, cst.AugAssign) or self.splits(value, stmt.index):
             return self._value_after(stmt, node.value, ctx)
         return [self.leaf(node, ctx, value_line=stmt.line)]
