@@ -159,7 +159,7 @@ def _assemble(eng, model, d, first, second) -> CustomResult:
         real_error=second.error, captures=asm.out.captures)
     result.unexpanded = asm.out.unexpanded
     if d.kind == "keras_default":
-        result.keras_logged = _logged_loss(second.returned)
+        result.keras_logged = result.logged = _logged_loss(second.returned)
     result.assembled = assembled
     result.objectives = [_objective_entry(eng, d, o, labels[o.id] or f"objective/{o.id}", targets.get(o.id),
                                           assembled, first) for o in objectives]

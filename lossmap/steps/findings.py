@@ -114,11 +114,18 @@ def _input_gradient_finding(analysis, d, term, g):
 
 def _logged_loss_differs(analysis, eng, model, result):
     d = result.decomposition
-    if d.kind == "keras_default" or result.logged is None or result.target is None:
+    if result.logged is None or result.target is None:
         return []
     total = analysis.total
     if abs(result.logged - result.target) <= total.atol + total.rtol * max(abs(result.logged), abs(result.target)):
         return []
+    if d.kind == "keras_default":
+        where = "Keras's train_step logs " + ("the compiled loss's own running mean (LossesContainer's metric), "
+                                              "not what compute_loss returns" if analysis.model.engine == "tf_keras"
+                                              else "another value than compute_loss returns")
+        return [Finding("LOGGED_LOSS_DIFFERS", "warning", None,
+                        f"{where}: it logs loss {result.logged:.7g} while the model trains on {result.target:.7g} "
+                        f"(the value of {d.nested.fn.__qualname__ if d.nested else 'compute_loss'})")]
     line = d.step.statements[d.step.returns[-1]].line if d.step.returns else d.step.start_line
     return [Finding("LOGGED_LOSS_DIFFERS", "warning", None,
                     f"the step returns loss {result.logged:.7g} (line {line}) but differentiates "

@@ -204,7 +204,8 @@ class _Splitter:
                    if keyword_ in ("for", "while") else f"assigned inside an `{keyword_}` block (line {line})")
             loop = keyword_ in ("for", "while")
             return [self.leaf(node, ctx, value_line=stmt.line, reason=why if composite or not loop else None)]
-        if isinstance(stmt.node, cst.AugAssign) or self.splits(value, stmt.index):
+        if isinstance(stmt.node, cst.AugAssign) or self.splits(value, stmt.index) or \
+                self._scaled_name(value, replace(ctx, statement=stmt.index)):
             return self._value_after(stmt, node.value, ctx)
         return [self.leaf(node, ctx, value_line=stmt.line)]
 
@@ -219,7 +220,7 @@ class _Splitter:
             right = at_def if isinstance(op, cst.AddAssign) else _scaled(at_def, -1.0, ("-", "neg"))
             return self._value_before(stmt, name, at_def) + self.expand(node.value, right)
         value = _assigned_value(stmt, name)
-        if self.splits(value, stmt.index):
+        if self.splits(value, stmt.index) or self._scaled_name(value, at_def):
             return self.expand(value, at_def)
         addend = self.leaf(value, at_def, value_line=stmt.line)
         addend.name = name
@@ -232,6 +233,21 @@ class _Splitter:
         if found is not None and not _inner_blocks(*found) and _assigned_value(found[0], name) is not None:
             return self._value_after(found[0], name, ctx)
         return [self._augmented_leaf(stmt, ctx)]
+
+    def _scaled_name(self, node, ctx) -> bool:
+        """`q`, `-q`, `0.5 * q`, `q / n`: another name under a sign or coefficients, which is followed so
+        that the term keeps the quantity's own name."""
+        if isinstance(node, cst.Name):
+            return True
+        if isinstance(node, cst.UnaryOperation):
+            return self._scaled_name(node.expression, ctx)
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Multiply, cst.Divide)):
+            right_coef = self._coefficient_kind(node.right, ctx) in ("number", "outside")
+            left_coef = self._coefficient_kind(node.left, ctx) in ("number", "outside")
+            if isinstance(node.operator, cst.Divide):
+                return right_coef and self._scaled_name(node.left, ctx)
+            return (left_coef and self._scaled_name(node.right, ctx)) or (right_coef and self._scaled_name(node.left, ctx))
+        return False
 
     def _augmented_leaf(self, stmt, ctx):
         addend = self.leaf(stmt.node.target, ctx, value_line=stmt.line)
