@@ -155,7 +155,11 @@ def test_two_optimizers_are_two_objectives_with_their_shared_variables():
     assert a["verified"] and b["verified"] and r.total.gradients_verified
     assert r.total.train_step == pytest.approx(a["value"] + b["value"], rel=1e-6)
     f = finding(r, "MULTIPLE_OPTIMIZERS")
-    assert len(f) == 1 and "trunk/" in f[0].message
+    assert len(f) == 1 and "trunk/" in f[0].message and "summed loss" in f[0].message
+    # Adam's first step moves every weight with a non-zero gradient by about its learning rate:
+    # |update| of the 4x5 trunk kernel is close to lr * sqrt(20) for each optimizer
+    assert a["first_update"]["trunk/kernel"] == pytest.approx(0.01 * np.sqrt(20), rel=1e-3)
+    assert b["first_update"]["trunk/kernel"] == pytest.approx(0.001 * np.sqrt(20), rel=1e-3)
 
 
 def test_input_gradient_recorded_by_a_persistent_tape_trains_the_weights():

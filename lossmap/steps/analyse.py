@@ -46,6 +46,9 @@ class CustomResult:
     step_function: Any = None
     assembled: list = field(default_factory=list)  # [assemble.AssembledTerm], in the order of `terms`
     unexpanded: list = field(default_factory=list)  # Keras loss calls that stayed one term
+    # several optimizers: per shared variable, |first update| as the step is written and with one
+    # optimizer (the first objective's) on the summed loss
+    update_comparison: dict = field(default_factory=dict)
 
 
 def analyse_custom(eng, model, sig, batch, runs, step=None, *, gradients=True, gradient_limit=None,
@@ -63,6 +66,7 @@ def analyse_custom(eng, model, sig, batch, runs, step=None, *, gradients=True, g
     result.losses_after = losses_after
     result.step_function = step
     _verify_gradients(eng, result, d, first, second, rtol, atol)
+    result.update_comparison = _compare_optimizers(eng, model, d, first, result, runs.state)
     if gradients:
         result.attribution = _attribute(eng, model, result, d, gradient_limit)
     return result
@@ -314,3 +318,36 @@ def _attribute(eng, model, result, d, gradient_limit) -> dict:
         notes.append("the step differentiates several objectives: shares are of the sum of every term's gradient")
     optimizer = eng.optimizer_name(model)
     return gradients_module.summarise(acc, acc.finish(), optimizer, limit, notes)
+
+
+# ---------------------------------------------------------------- sum the losses or use two optimizers?
+def _compare_optimizers(eng, model, d, first, result, state) -> dict:
+    """For the variables every objective updates: the size of the first update fresh copies of the
+    step's optimizers make, each from its own objective's gradient (the step as written), next to the
+    update of one fresh copy of the first objective's optimizer from the summed gradient."""
+    if len(d.parts.objectives) < 2:
+        return {}
+    matched = [_update_of(d, o, first.updates) for o in d.parts.objectives]
+    if any(m is None for m in matched):
+        return {}
+    updates = [u for _, u in matched]
+    shared = set.intersection(*[{p for p, g in u.gradients.items() if g is not None} for u in updates])
+    if not shared:
+        return {}
+    namer = eng.variable_namer(model)
+    values = {namer(v): value for v, value in zip(state.model_state.variables, state.model_state.values)}
+    try:
+        as_written = {}
+        for u in updates:
+            for p, delta in eng.first_update(u.optimizer, {p: u.gradients[p] for p in shared}, values).items():
+                as_written[p] = as_written.get(p, 0.0) + delta
+        summed = eng.first_update(updates[0].optimizer, {p: sum(u.gradients[p] for u in updates) for p in shared},
+                                  values)
+    except Exception as exc:  # the comparison is extra information: say why it is missing
+        result.notes.append(f"the optimizers' first updates could not be compared ({type(exc).__name__}: {exc})")
+        return {}
+    for o, u in zip(result.objectives, updates):
+        own = eng.first_update(u.optimizer, {p: u.gradients[p] for p in shared}, values)
+        o["first_update"] = {p: float(np.linalg.norm(own[p])) for p in sorted(own)}
+    return {p: {"as_written": float(np.linalg.norm(as_written[p])), "summed": float(np.linalg.norm(summed[p]))}
+            for p in sorted(shared) if p in summed}

@@ -142,13 +142,12 @@ def _multiple_optimizers(analysis, eng, model, result):
     text = "the step differentiates several losses, each with its own optimizer: " + "; ".join(parts)
     if shared:
         text += f". They share {len(shared)} variable(s) ({', '.join(shared[:4])}{'...' if len(shared) > 4 else ''})"
-        comparison = getattr(result, "update_comparison", None) or {}
+        comparison = result.update_comparison
         if comparison:
-            v = shared[0]
-            c = comparison.get(v)
-            if c:
-                text += (f"; the first update of {v}: |step as written| {c['as_written']:.3g}, |one optimizer on "
-                         f"the summed loss| {c['summed']:.3g}")
+            first = objectives[0]["optimizer"] or "the first optimizer"
+            parts = [f"{v} {c['as_written']:.3g} vs {c['summed']:.3g}" for v, c in list(comparison.items())[:4]]
+            text += (f". First update of each shared variable (norm), the step as written (each optimizer on its "
+                     f"own loss, both applied) vs one {first} on the summed loss: " + "; ".join(parts))
     else:
         text += ". They share no variable: summing the losses with one optimizer would train each part alike " \
                 "only for optimizers that treat variables independently"
