@@ -84,3 +84,20 @@ def penalised():
 def batch(n=6, seed=0):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, 4)).astype("float32"), rng.standard_normal((n, 2)).astype("float32")
+
+
+class MinimizingModel(PhysicsModel):
+    """tf_keras's own idiom: `optimizer.minimize(loss, var_list, tape=tape)`."""
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compiled_loss(y, y_pred, regularization_losses=self.losses)
+            loss += 0.1 * tf.reduce_mean(tf.square(y_pred))
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return {"loss": loss}
+
+
+def minimizing():
+    return _build(MinimizingModel)

@@ -61,3 +61,9 @@ def test_compute_loss_override():
     # tf_keras's train_step logs the compiled loss's tracker, not what the override returns
     logged = [f for f in r.findings if f.code == "LOGGED_LOSS_DIFFERS"]
     assert len(logged) == 1 and "LossesContainer" in logged[0].message
+
+
+def test_optimizer_minimize_with_a_tape_is_an_objective():
+    _, r = analyse(ts.minimizing)
+    assert sorted(t.kind for t in r.terms) == ["compiled", "custom", "weight_regularizer"]
+    assert r.total.verified and r.total.gradients_verified and r.state_restored

@@ -209,6 +209,8 @@ def _update_of(d, o, updates):
         return None
     import tensorflow as tf
 
+    if record.optimizer is not None:  # minimize: the optimizer's own apply_gradients
+        return next(((i, u) for i, u in enumerate(updates) if u.optimizer is record.optimizer), None)
     produced = {id(g) for g in tf.nest.flatten(record.result) if g is not None}
     for i, update in enumerate(updates):
         if produced & {id(g) for g in update.tensors if g is not None}:
@@ -221,7 +223,8 @@ def _optimizer_label(d, update, g) -> Optional[str]:
         return None
     _, u = update
     results = set(g.results) if g is not None else set()
-    text = next((c.optimizer_text for c in d.step.optimizer_calls if results & c.reads), None)
+    text = g.minimize if g is not None and g.minimize else \
+        next((c.optimizer_text for c in d.step.optimizer_calls if results & c.reads), None)
     name = type(u.optimizer).__name__
     return f"{text} ({name})" if text else name
 

@@ -86,7 +86,7 @@ def plan(step: StepSource, parts: Split) -> dict:
     for tape in step.tapes:
         add(tape.call, _prefix_call("tape", cst.Integer(str(tape.index))))
     for g in step.gradients:
-        add(g.call, _gradient_call(g.index))
+        add(g.call, _prefix_call("minimize", cst.Integer(str(g.index))) if g.minimize else _gradient_call(g.index))
     by_node: dict = {}
     for a in parts.addends:
         by_node.setdefault(id(a.value_node), []).append(a)

@@ -74,6 +74,7 @@ class GradientCall:
     results: tuple  # names bound to the result
     enclosing_tapes: tuple  # tapes recording while the gradient is taken
     kind: str = "input"  # "objective" (feeds an optimizer / differentiates variables) or "input"
+    minimize: Optional[str] = None  # the optimizer, when this is `optimizer.minimize(loss, var_list, tape=...)`
 
 
 @dataclass
@@ -348,6 +349,8 @@ class GatherStepVisitor(cst.CSTVisitor):
             self.step.optimizer_calls.append(OptimizerCall(
                 line=self._line(node), statement=self._statement, method=attr, optimizer_text=owner,
                 call=node, reads=names_read(node)))
+            if attr == "minimize":
+                self._add_minimize(node, owner)
         root, attrs = root_and_attrs(node.func)
         if root is not None and not is_tape_call(node):
             training = keyword(node, "training")
@@ -356,6 +359,19 @@ class GatherStepVisitor(cst.CSTVisitor):
                 root=root, attrs=attrs, training=None if training is None else self.step.code(training),
                 statement=self._statement))
         return True
+
+    def _add_minimize(self, node, optimizer):
+        """`optimizer.minimize(loss, var_list, tape=tape)` (tf_keras) differentiates `loss` itself."""
+        target = positional(node, 0) or keyword(node, "loss")
+        sources = positional(node, 1) or keyword(node, "var_list")
+        tape = keyword(node, "tape")
+        if target is None or sources is None:
+            return
+        self.step.gradients.append(GradientCall(
+            index=len(self.step.gradients), tape=dotted(tape) if tape is not None else None, line=self._line(node),
+            statement=self._statement, call=node, target=target, sources=sources,
+            target_text=self.step.code(target), sources_text=self.step.code(sources), results=(),
+            enclosing_tapes=tuple(self._tapes), kind="objective", minimize=optimizer))
 
     def _add_gradient(self, node, tape):
         target = positional(node, 0) or keyword(node, "target")
@@ -443,7 +459,7 @@ def _classify_gradients(step: StepSource):
     for call in step.optimizer_calls:
         applied |= call.reads
     for g in step.gradients:
-        if set(g.results) & applied or _names_variables(g.sources, step, g.statement):
+        if g.minimize or set(g.results) & applied or _names_variables(g.sources, step, g.statement):
             g.kind = "objective"
 
 

@@ -23,6 +23,7 @@ class GradientRecord:
     structure: Any  # the sources as passed (for the result's structure)
     result: Any
     inside: tuple = ()  # indices of the tapes recording when it was called
+    optimizer: Any = None  # `optimizer.minimize`: the optimizer, which applies the gradient itself
 
 
 @dataclass
@@ -82,6 +83,23 @@ class Recorder:
             except Exception as exc:  # never the user's step's failure: reported instead
                 self.errors.append(f"per-term gradients at gradient call {index}: {type(exc).__name__}: {exc}")
         return result
+
+    def minimize(self, index, method, loss, var_list, tape=None, **kwargs):
+        """`optimizer.minimize(loss, var_list, tape=tape)`: recorded as a gradient of `loss`, then run."""
+        import tensorflow as tf
+
+        sources = var_list() if callable(var_list) else var_list
+        record = GradientRecord(tape=tape, target=loss, sources=list(tf.nest.flatten(sources)), structure=sources,
+                                result=None, inside=tuple(self.open_tapes))
+        record.optimizer = getattr(method, "__self__", None)
+        self.gradients[index] = record
+        self.counts[("gradient", index)] += 1
+        if self.on_gradient is not None and tape is not None and not callable(loss):
+            try:
+                self.on_gradient(index, record)
+            except Exception as exc:
+                self.errors.append(f"per-term gradients at minimize call {index}: {type(exc).__name__}: {exc}")
+        return method(loss, var_list, tape=tape, **kwargs)
 
     # ------------------------------------------------------------ addends
     def value(self, ids, value):
