@@ -43,11 +43,19 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
     eng, m = loaded.engine, loaded.model
     info = eng.model_info(m, loaded.source, loaded.saved_with)
     info.engine_reason = loaded.engine_reason
+    unread = None
     if step_fn is not None or info.custom_train_step or info.custom_compute_loss:
+        from lossmap.steps.decompose import StepUnreadable
         from lossmap.steps.pipeline import analyse_custom_code
 
-        return analyse_custom_code(eng, m, info, step_fn, data, batch_size=batch_size, seed=seed, rtol=rtol,
-                                   atol=atol, gradients=gradients, gradient_limit=gradient_limit, sources=sources)
+        try:
+            return analyse_custom_code(eng, m, info, step_fn, data, batch_size=batch_size, seed=seed, rtol=rtol,
+                                       atol=atol, gradients=gradients, gradient_limit=gradient_limit,
+                                       sources=sources)
+        except StepUnreadable as exc:
+            if step_fn is not None:
+                raise
+            unread = str(exc)  # the model's own override: the compile-time inventory, with the reason
     runs = _SeededRuns(eng, m, seed)
     with runs:
         sig = eng.signature(m)
@@ -72,6 +80,10 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
         gradients=attribution,
     )
     _findings(analysis, eng, m, sig, capture, verification, engine_diffs)
+    if unread:
+        for f in analysis.findings:
+            if f.code in ("CUSTOM_TRAIN_STEP", "CUSTOM_COMPUTE_LOSS"):
+                f.message += f" (lossmap could not read the override: {unread})"
     if sources:
         _sources(analysis, eng)
     return analysis

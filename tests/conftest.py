@@ -71,3 +71,20 @@ def hostile_report(hostile_analysis, tmp_path_factory):
     path = tmp_path_factory.mktemp("reports") / "hostile.lossmap.html"
     path.write_text(render(hostile_analysis), encoding="utf-8")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def custom_analysis():
+    """A train_step override (custom training code): lossmap.examples.physics_informed."""
+    import lossmap
+
+    return lossmap.analyse("lossmap.examples:physics_informed")
+
+
+@pytest.fixture(scope="session")
+def custom_report(custom_analysis, tmp_path_factory):
+    from lossmap.render.html import render
+
+    path = tmp_path_factory.mktemp("reports") / "physics_informed.lossmap.html"
+    path.write_text(render(custom_analysis, command="lossmap report --example physics_informed"), encoding="utf-8")
+    return str(path)

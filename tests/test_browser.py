@@ -77,3 +77,15 @@ def test_hostile_names_run_no_script(browser, hostile_report):
     assert page.evaluate("window.__pwned === undefined")
     assert page.locator("img").count() == 0
     page.close()
+
+
+def test_custom_step_report_opens_cleanly(browser, custom_report):
+    page, events, url = _open(browser, custom_report, "report-custom-step.png")
+    _assert_clean(events, url)
+    link = page.locator("#step-user_step .ann a").first
+    link.click()
+    assert page.evaluate("location.hash").startswith("#term-")
+    page.close()
+    dark, events, url = _open(browser, custom_report, "report-custom-step-dark.png", dark=True)
+    _assert_clean(events, url)
+    dark.close()

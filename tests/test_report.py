@@ -135,3 +135,23 @@ def test_report_size_for_many_terms(tmp_path):
     page = PageIndex()
     page.feed(html)
     assert [h for h in page.hrefs if h[1:] not in page.ids] == []
+
+
+def test_custom_step_report_walks_through_the_users_lines(custom_report, custom_analysis):
+    """The user's own step: its lines with their real numbers, each addend linked to its term."""
+    page = index(custom_report)
+    assert anchor_id("step", "user_step") in page.ids
+    assert [h for h in page.hrefs if h[1:] not in page.ids] == [] and page.external == []
+    assert json.loads(page.json_text) == json.loads(custom_analysis.to_json())
+    with open(custom_report, encoding="utf-8") as fh:
+        html = fh.read()
+    for t in custom_analysis.terms:
+        assert anchor_id("term", t.id) in page.ids
+        # every term is linked from the line of the step that makes it
+        assert f'href="#{anchor_id("term", t.id)}">{t.id}</a>' in html, t.id
+    custom = [t for t in custom_analysis.terms if t.kind == "custom"]
+    for t in custom:
+        line = t.source["line"]
+        assert f'<td class="ln">{line}</td>' in html
+    text = " ".join(page.text)
+    assert "Your training step" in text and "your step" in text.lower()

@@ -253,3 +253,19 @@ def test_the_users_files_are_not_changed():
     before = open(STEPS, "rb").read(), os.stat(STEPS).st_mtime_ns
     _cli("check", "--step", f"{STEPS}:step_adds_losses", f"{STEPS}:mlp")
     assert (open(STEPS, "rb").read(), os.stat(STEPS).st_mtime_ns) == before
+
+
+def test_an_override_without_source_falls_back_to_the_compiled_inventory():
+    import keras
+    import lossmap
+
+    namespace = {"keras": keras}
+    exec("class NoSource(keras.Model):\n    def train_step(self, data):\n        return super().train_step(data)\n",
+         namespace)
+    inputs = keras.Input((4,))
+    model = namespace["NoSource"](inputs, keras.layers.Dense(2)(inputs))
+    model.compile("sgd", "mse")
+    r = lossmap.analyse(model, cs.batch())
+    assert r.model.step is None and [t.kind for t in r.terms] == ["compiled"]
+    f = finding(r, "CUSTOM_TRAIN_STEP")
+    assert len(f) == 1 and "could not read the override" in f[0].message

@@ -51,11 +51,17 @@ def _read(fn, kind: str, spec: str) -> Decomposition:
     return Decomposition(fn=fn, step=step, parts=split(step), kind=kind)
 
 
+class StepUnreadable(UserError):
+    """The step's source cannot be read (a REPL, compiled code): a model's own override falls back to
+    the compile-time inventory, a --step function is exit 2."""
+
+
 def _source(fn, spec):
     try:
         return read_function(fn)
     except SourceUnavailable as exc:
-        raise UserError(f"{spec}: {exc}; lossmap reads the step from its source file: define it in a .py file") from exc
+        raise StepUnreadable(f"{spec}: {exc}; lossmap reads the step from its source file: define it in a .py "
+                             "file") from exc
     except Exception as exc:  # a parse failure of code Python itself runs: say so, not a traceback
         raise UserError(f"{spec}: lossmap could not read its source ({type(exc).__name__}: {exc})") from exc
 
