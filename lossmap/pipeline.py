@@ -16,6 +16,7 @@ from lossmap import gradients as gradients_module
 from lossmap.analysis import Analysis, BatchInfo, Total
 from lossmap.errors import UserError
 from lossmap.load import load
+from lossmap.refusals import batch_shapes, keras_refusals
 from lossmap.terms import build_terms, reproduce_total
 from lossmap.verify import compare, scalar, tolerances
 
@@ -60,11 +61,14 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
     with runs:
         sig = eng.signature(m)
         batch = _batch(data, sig, batch_size, seed)
-        capture, terms = _capture(runs, batch, sig, gradients)
+        shapes = batch_shapes(batch)
+        with keras_refusals("forward pass and loss", shapes):
+            capture, terms = _capture(runs, batch, sig, gradients)
         verification = _verify(runs, batch, sig) if info.compiled else None
         attribution = None
         if gradients and terms:
-            attribution = _attribute(runs, batch, sig, terms, capture, verification, info, gradient_limit)
+            with keras_refusals("gradient computation", shapes):
+                attribution = _attribute(runs, batch, sig, terms, capture, verification, info, gradient_limit)
     restored = runs.state.identical()
     if not info.compiled and not terms:
         raise UserError(f"model '{m.name}' is not compiled and has no losses (no add_loss, no "
