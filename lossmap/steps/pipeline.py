@@ -103,11 +103,16 @@ def _objective_texts(result) -> list:
     d = result.decomposition
     out = []
     for o in d.parts.objectives:
-        lines = sorted({d.parts.addends[a].statement for a in o.addends})
+        lines = sorted({_value_statement(d, d.parts.addends[a]) for a in o.addends})
         texts = [f"{d.step.statements[i].text} (line {d.step.statements[i].line})" for i in lines]
         differentiated = f"; differentiated at line {o.gradient.line}" if o.gradient is not None else ""
         out.append("; ".join(texts) + differentiated)
     return out
+
+
+def _value_statement(d, addend) -> int:
+    """The statement that computes an addend's value (its definition, for a name used in the sum)."""
+    return next((st.index for st in d.step.statements if st.line == addend.value_line), addend.statement)
 
 
 def _findings(analysis, eng, model, result, state) -> list:
