@@ -95,7 +95,7 @@ def _verification(doc: dict, cls: str) -> ET.Element:
 def _lock(lock, cls: str) -> ET.Element:
     name = f"lock {lock.path}"
     if lock.changed:
-        return _case(cls, name, failure=("the loss composition changed", "LOCK_CHANGED", lock.text()))
+        return _case(cls, name, failure=("the loss composition changed", "lossmap.lock", lock.text()))
     return _case(cls, name, out=lock.text())
 
 

@@ -66,17 +66,20 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
 
-def compare(lockfile, key: str, current: dict, models_given=(), same_batch_required: bool = True) -> Comparison:
+def compare(lockfile, key: str, current: dict, models_given=(), same_batch_required: bool = True,
+            hint=None) -> Comparison:
     """Compare model `key`'s entry in `lockfile` with `current` (`lossmap.ci.lock.entry`).
 
     A lock file without this model, or whose values were recorded on another
-    batch, is a UserError (exit 2) saying how to regenerate it.
+    batch, is a UserError (exit 2) saying how to regenerate it (`hint`: the
+    command that does, when it is not `lossmap lock`).
     """
     locked = lockfile.models.get(key)
     if locked is None:
         held = ", ".join(sorted(lockfile.models)) or "no model"
+        hint = hint or regenerate_hint(models_given, lockfile.path, update=False)
         raise UserError(f"lock file {lockfile.path} is for another model: it has no entry for {key} (it locks "
-                        f"{held}); add it with: {regenerate_hint(models_given, lockfile.path, update=False)}")
+                        f"{held}); add it with: {hint}")
     if same_batch_required and "values" in locked:
         _same_batch(locked["values"]["batch"], current.get("values", {}).get("batch"), lockfile.path, models_given)
     changes = diff(locked, current)

@@ -54,11 +54,10 @@ def render(outcomes, fail_on: str, cwd: Optional[str] = None) -> str:
 def descriptor(r) -> dict:
     """A rule: id, name, short and full description, help, default level."""
     name = "".join(part.capitalize() for part in r.code.split("_"))
-    short = r.short[:1].upper() + r.short[1:]
     return {
         "id": r.code,
         "name": name,
-        "shortDescription": {"text": short},
+        "shortDescription": {"text": r.title},
         "fullDescription": {"text": plain(r.when)[:1].upper() + plain(r.when)[1:] + "."},
         "help": {"text": plain(r.help), "markdown": r.help},
         "defaultConfiguration": {"level": r.sarif_level},
