@@ -42,6 +42,9 @@ class _Checker:
     def __init__(self, base, update, updates):
         self.base, self.update, self.updates = base, update, updates
 
+    def __repr__(self):
+        return f"<lossmap_check: locks relative to {self.base}{', --lossmap-update' if self.update else ''}>"
+
     def __call__(self, model, batch=None, lock=None, **options):
         __tracebackhide__ = True
         from lossmap.testing import check_loss
