@@ -267,3 +267,15 @@ def test_read_errors_name_the_fix(tmp_path):
     with pytest.raises(UserError, match="not a lossmap lock file"):
         lockmod.read(str(tmp_path / "x.json"))
     assert lockmod.read(str(tmp_path / "x.json"), bad_ok=True).models == {}
+
+
+def test_bad_lock_input_is_found_before_tensorflow_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "lossmap", "check", "m.keras", "--lock",
+                           str(tmp_path / "absent.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "tensorflow" not in proc.stderr and "keras" not in proc.stderr.replace("m.keras", "")
+    messages = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(messages) == 1 and "absent.json: no such file" in messages[0]

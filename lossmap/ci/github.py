@@ -61,11 +61,21 @@ def render(outcomes, fail_on: str, summary_path: Optional[str] = None, cwd: Opti
     for o in outcomes:
         lines.append(f"lossmap: {o.model}: {headline(o, fail_on)} (exit {o.exit_code})")
     if summary_path:
-        from lossmap.ci.summary import markdown
-
-        with open(summary_path, "a", encoding="utf-8") as fh:
-            fh.write(markdown(outcomes, fail_on))
+        append_summary(summary_path, outcomes, fail_on)
     return "\n".join(lines) + "\n"
+
+
+def append_summary(path: str, outcomes, fail_on: str) -> None:
+    """Append the Markdown summary; a summary that cannot be written costs a line on stderr, not the verdict."""
+    import sys
+
+    from lossmap.ci.summary import markdown
+
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(markdown(outcomes, fail_on))
+    except OSError as exc:
+        print(f"lossmap: cannot write the job summary to {path}: {exc.strerror}", file=sys.stderr)
 
 
 def log_group(outcome, fail_on: str) -> list:
