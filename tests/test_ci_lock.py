@@ -269,13 +269,20 @@ def test_read_errors_name_the_fix(tmp_path):
     assert lockmod.read(str(tmp_path / "x.json"), bad_ok=True).models == {}
 
 
-def test_bad_lock_input_is_found_before_tensorflow_is_imported(tmp_path):
+@pytest.mark.parametrize("argv,expected", [(["lock", "--help"], 0), (["check", "m.keras", "--lock", "{absent}"], 2)])
+def test_no_tensorflow_for_help_and_bad_lock_input(tmp_path, argv, expected):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "lossmap", "check", "m.keras", "--lock",
-                           str(tmp_path / "absent.json")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "tensorflow" not in proc.stderr and "keras" not in proc.stderr.replace("m.keras", "")
+    argv = [a.format(absent=tmp_path / "absent.json") for a in argv]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "lossmap"] + argv, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == expected
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "argparse" in imported
+    assert not [m for m in imported if m.split(".")[0] in ("tensorflow", "keras", "numpy")]
     messages = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
-    assert len(messages) == 1 and "absent.json: no such file" in messages[0]
+    if expected == 0:
+        assert "usage: lossmap lock" in proc.stdout and not messages
+    else:
+        assert len(messages) == 1 and "absent.json: no such file" in messages[0]

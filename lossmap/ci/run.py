@@ -44,14 +44,19 @@ def analyse_each(args, gradients=None) -> list:
 
 
 def check(args) -> int:
+    from lossmap.cli import report_error
+
     outputs = parse_outputs(args.outputs)
-    lockfile = lockfile_module.read(args.lock, args.models) if args.lock else None
-    _quiet()
-    outcomes = analyse_each(args)
+    try:
+        lockfile = lockfile_module.read(args.lock, args.models) if args.lock else None
+    except UserError as exc:  # before TensorFlow; still an error in the JUnit, SARIF and GitHub output
+        code, line = report_error(exc, args.debug)
+        lockfile, outcomes = None, [Outcome(model, code, error=line) for model in args.models]
+    else:
+        _quiet()
+        outcomes = analyse_each(args)
     for o in outcomes:
-        if o.analysis is None:
-            continue
-        if lockfile is not None:
+        if o.analysis is not None and lockfile is not None:
             _compare(o, lockfile, args)
         if o.analysis is not None:
             o.exit_code = exit_code(o.analysis, args.fail_on)
