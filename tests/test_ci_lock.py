@@ -286,3 +286,12 @@ def test_no_tensorflow_for_help_and_bad_lock_input(tmp_path, argv, expected):
         assert "usage: lossmap lock" in proc.stdout and not messages
     else:
         assert len(messages) == 1 and "absent.json: no such file" in messages[0]
+
+
+def test_a_bad_lock_file_is_still_a_junit_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "check", "a.keras", "b.keras", "--lock", "absent.json", "--format", "junit")
+    assert code == 2 and err.count("lossmap: ") == 1 and "absent.json: no such file" in err
+    root = ET.fromstring(out)
+    assert root.get("errors") == "2"
+    assert "absent.json: no such file" in root.find("testsuite/testcase/error").get("message")
