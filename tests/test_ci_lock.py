@@ -45,6 +45,14 @@ def build():
     return model
 
 
+def unnamed():
+    """Layers without names: Keras names them from process-wide counters."""
+    x = keras.Input((4,))
+    model = keras.Model(x, layers.Dense(1)(layers.Dense(3, kernel_regularizer="l2")(x)))
+    model.compile("sgd", "mse")
+    return model
+
+
 def zero_weight():
     keras.utils.set_random_seed(0)
     x = keras.Input((4,), name="x")
@@ -295,3 +303,11 @@ def test_a_bad_lock_file_is_still_a_junit_error(tmp_path, capsys, monkeypatch):
     root = ET.fromstring(out)
     assert root.get("errors") == "2"
     assert "absent.json: no such file" in root.find("testsuite/testcase/error").get("message")
+
+
+def test_each_model_of_a_call_gets_the_names_of_a_process_of_its_own(spec, capsys):
+    model = f"{spec}:unnamed"
+    code, out, err = run(capsys, "check", model, model, f"{spec}:build", model, "--no-gradients", "--format", "json")
+    assert code == 0, err
+    ids = [[t["id"] for t in m["document"]["terms"]] for m in json.loads(out)["models"]]
+    assert ids[0] == ids[1] == ids[3] == ["compiled/dense", "regularizer/dense_1/kernel"]

@@ -18,7 +18,6 @@ from lossmap.ci import lockdiff
 from lossmap.ci.outcome import Outcome, exit_code, worst
 from lossmap.errors import EXIT_FAILED, EXIT_OK, UserError
 
-FORMATS = ("text", "json", "github", "junit", "sarif")
 FILE_FORMATS = ("text", "json", "junit", "sarif")
 
 
@@ -31,6 +30,7 @@ def analyse_each(args, gradients=None) -> list:
         ns = copy.copy(args)
         ns.model = model
         start = time.perf_counter()
+        fresh_keras_state()
         try:
             analysis = analyse_args(ns, gradients=gradients)
         except KeyboardInterrupt:
@@ -41,6 +41,21 @@ def analyse_each(args, gradients=None) -> list:
             continue
         outcomes.append(Outcome(model, EXIT_OK, analysis, seconds=time.perf_counter() - start))
     return outcomes
+
+
+def fresh_keras_state():
+    """Give the next model the Keras global state of a process of its own.
+
+    Keras names unnamed layers from process-wide counters (dense, dense_1, ...),
+    and term ids carry those names: without this, a factory's ids would depend on
+    the models analysed before it in the same call, and so would its lock entry.
+    Nothing to do before Keras is imported (the first model of a call).
+    """
+    for name in ("keras", "tf_keras"):
+        backend = getattr(sys.modules.get(name), "backend", None)
+        clear = getattr(backend, "clear_session", None)
+        if clear is not None:
+            clear()
 
 
 def check(args) -> int:
