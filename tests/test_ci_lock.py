@@ -311,3 +311,10 @@ def test_each_model_of_a_call_gets_the_names_of_a_process_of_its_own(spec, capsy
     assert code == 0, err
     ids = [[t["id"] for t in m["document"]["terms"]] for m in json.loads(out)["models"]]
     assert ids[0] == ids[1] == ids[3] == ["compiled/dense", "regularizer/dense_1/kernel"]
+
+
+def test_config_floats_read_well():
+    assert lockmod.value_config({"name": "l2", "l2": 0.0010000000474974513, "nested": {"a": [0.30000001192092896]},
+                                 "fn": {"class_name": "function"}, "axis": None}) == {
+        "l2": 0.001, "nested": {"a": [0.3]}}
+    assert lockmod.rounded(float("nan")) is None and lockmod.rounded(1.2345678901) == 1.234568

@@ -74,16 +74,32 @@ def entry(doc: dict, values: bool = False, rtol: float = VALUE_RTOL, atol: float
 
 
 def value_config(config):
-    """The part of a term's config that affects its value (None-valued entries left out)."""
+    """The part of a term's config that affects its value (None-valued entries left out).
+
+    Floats at float32 precision: tf_keras keeps a regularizer's 1e-3 as
+    0.0010000000474974513, which reads badly in a review and says nothing more.
+    """
     if not isinstance(config, dict):
         return None
-    kept = {k: v for k, v in config.items() if k not in _NOT_VALUE and v is not None}
+    kept = {k: _rounded_floats(v) for k, v in config.items() if k not in _NOT_VALUE and v is not None}
     return kept or None
+
+
+def _rounded_floats(obj):
+    if isinstance(obj, float):
+        return rounded(obj)
+    if isinstance(obj, dict):
+        return {k: _rounded_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded_floats(v) for v in obj]
+    return obj
 
 
 def rounded(value):
     """A value at float32 precision (7 significant digits): stable across machines."""
-    return None if value is None else float(f"{value:.7g}")
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return None  # the lock file is strict JSON, as the contract's document is
+    return float(f"{value:.7g}")
 
 
 def model_key(source: str, lock_path: str) -> str:
