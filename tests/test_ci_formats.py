@@ -251,3 +251,25 @@ def test_every_format_carries_the_same_verdict(example_analysis, fmt):
         assert "error" in levels and "error" not in [r["level"] for r in json.loads(good_out)["runs"][0]["results"]]
     else:
         assert ET.fromstring(good_out).get("failures") == "0" and ET.fromstring(bad_out).get("failures") != "0"
+
+
+def test_terms_from_custom_training_code_point_at_their_line(example_analysis, monkeypatch):
+    """The custom-code stage sets `expression`, `source`, `objective` on its terms; every format reads them."""
+    from lossmap.ci import lock
+
+    monkeypatch.chdir(REPO)
+    o = outcome(example_analysis, [Finding("MODEL_LOSSES_IGNORED", "error", "compiled/price", "no model.losses")])
+    term = o.analysis.term("compiled/price")
+    term.expression, term.objective = "0.4 * mse(y, p)", None
+    term.source = {"file": os.path.join(REPO, "lossmap/examples/custom_loop.py"), "line": 7, "function": "step"}
+    doc = o.document()
+    assert doc["terms"][0]["source"]["line"] == 7 and doc["terms"][0]["expression"] == "0.4 * mse(y, p)"
+    result = next(r for r in json.loads(sarif.render([o], "error"))["runs"][0]["results"]
+                  if r["ruleId"] == "MODEL_LOSSES_IGNORED")
+    assert result["locations"][0]["physicalLocation"] == {
+        "artifactLocation": {"uri": "lossmap/examples/custom_loop.py", "uriBaseId": "%SRCROOT%"},
+        "region": {"startLine": 7}}
+    annotation = next(line for line in github.render([o], "error").splitlines()
+                      if line.startswith("::error") and "MODEL_LOSSES_IGNORED" in line)
+    assert annotation.startswith("::error file=lossmap/examples/custom_loop.py,line=7,")
+    assert lock.entry(doc)["terms"]["compiled/price"]["expression"] == "0.4 * mse(y, p)"
