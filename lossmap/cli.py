@@ -1,4 +1,4 @@
-"""Command line: `lossmap check|explain MODEL`.
+"""Command line: `lossmap check|explain|report|lock MODEL`.
 
 Parsing and usage errors never import TensorFlow: `lossmap --help` answers at once.
 """
@@ -9,10 +9,7 @@ import os
 import sys
 
 from lossmap import __version__
-from lossmap.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, UserError
-
-LEVEL_ORDER = {"info": 0, "warning": 1, "error": 2}
-
+from lossmap.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, UserError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -38,17 +35,22 @@ MODEL_HELP = ("a .keras archive (or a tf_keras .h5 file), or a factory path/to/f
               "package.module:function returning a compiled model")
 
 
-def _common_options() -> argparse.ArgumentParser:
+def _common_options(many: bool = False) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("model and data")
-    g.add_argument("model", metavar="MODEL", nargs="?",
-                   help=MODEL_HELP + " (may be left out with --step or --example)")
+    if many:  # check and lock: several models share one TensorFlow import (main() requires one at least)
+        g.add_argument("models", metavar="MODEL", nargs="*", help=MODEL_HELP + "; several in one call share "
+                       "one TensorFlow import and give one exit code, the worst (may be left out with --step "
+                       "or --example)")
+    else:
+        g.add_argument("model", metavar="MODEL", nargs="?",
+                       help=MODEL_HELP + " (may be left out with --step or --example)")
     g.add_argument("--step", metavar="FILE.py:FUNCTION",
                    help="a training-step function to explain (FUNCTION(x, y), FUNCTION(x, y, sample_weight) or "
                         "FUNCTION(data); the model first when its first parameter is model or self); MODEL may "
                         "be left out when the function reaches exactly one Keras model")
     g.add_argument("--example", choices=tuple(EXAMPLES), metavar="NAME",
-                   help=f"a bundled example ({', '.join(EXAMPLES)})")
+                   help=f"a bundled example instead of MODEL ({', '.join(EXAMPLES)})")
     g.add_argument("--data", metavar="BATCH.npz",
                    help="batch to evaluate: keys x, y, sample_weight (or x/<input>, y/<output>, "
                         "sample_weight/<output>); default: a synthetic batch")
@@ -83,11 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lossmap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    check = sub.add_parser("check", parents=[common], help="verify the total; exit code for CI",
-                           description="Verify the reproduced total against Keras; exit 0/1/2/3.")
-    check.add_argument("--format", choices=("text", "json"), default="text")
-    check.add_argument("--fail-on", choices=("error", "warning"), default="error",
-                       help="lowest finding level that makes the exit code 1 (default error)")
+    _add_check(sub)
     sub.add_parser("explain", parents=[common], help="the loss as an equation, a term table and findings",
                    description="Print the loss as an equation with this batch's numbers.")
     report = sub.add_parser("report", parents=[common],
@@ -100,7 +98,41 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--compare-engines", action="store_true",
                         help="run the model in both tf_keras and Keras 3 and add a side-by-side table (MODEL: a "
                              "factory taking the Keras module, def build(keras), or a tf_keras .keras/.h5 file)")
+    _add_lock(sub)
     return parser
+
+
+def _add_check(sub):
+    check = sub.add_parser("check", parents=[_common_options(many=True)],
+                           help="verify the total; exit code for CI",
+                           description="Verify the reproduced total against Keras (and the lock file); exit "
+                                       "0/1/2/3, the worst of all models.")
+    check.add_argument("--format", choices=("text", "json", "github", "junit", "sarif"), default="text",
+                       help="text; json (the contract's document); github (workflow commands and, with "
+                            "GITHUB_STEP_SUMMARY set, a job summary); junit (JUnit XML); sarif (SARIF 2.1.0)")
+    check.add_argument("--fail-on", choices=("error", "warning"), default="error",
+                       help="lowest finding level that makes the exit code 1 (default error)")
+    check.add_argument("--lock", metavar="LOCK.json",
+                       help="compare the loss composition with this lock file (lossmap lock); a change is exit 1")
+    check.add_argument("--output", dest="outputs", action="append", default=[], metavar="FORMAT=FILE",
+                       help="also write FORMAT (text, json, junit, sarif) to FILE; repeatable")
+
+
+def _add_lock(sub):
+    lock = sub.add_parser("lock", parents=[_common_options(many=True)],
+                          help="write the loss composition to a lock file, for check --lock",
+                          description="Write each model's loss composition (terms, weights, reductions, "
+                                      "regularizer strengths, engine) to a lock file that check --lock compares "
+                                      "with. An entry that changed is rewritten only with --update.")
+    lock.add_argument("-o", "--output", default="lossmap.lock.json", metavar="LOCK.json",
+                      help="the lock file (default lossmap.lock.json)")
+    lock.add_argument("--update", action="store_true", help="rewrite entries that changed (and a bad lock file)")
+    lock.add_argument("--values", action="store_true",
+                      help="also record each term's value on this batch, compared within a tolerance")
+    lock.add_argument("--value-rtol", type=float, default=1e-4, metavar="R",
+                      help="relative tolerance of recorded values (default 1e-4)")
+    lock.add_argument("--value-atol", type=float, default=1e-6, metavar="A",
+                      help="absolute tolerance of recorded values (default 1e-6)")
 
 
 def _positive_int(text):
@@ -121,30 +153,53 @@ def main(argv=None) -> int:
         print("lossmap: no command given; run lossmap check MODEL or lossmap explain MODEL "
               "(see lossmap --help)", file=sys.stderr)
         return EXIT_USAGE
+    if args.command in ("check", "lock") and not (args.models or args.step or args.example):
+        print(f"lossmap: the following arguments are required: MODEL, --step or --example (see lossmap "
+              f"{args.command} --help)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return _run(args)
-    except UserError as exc:
-        if args.debug:  # the traceback, and still the contract's exit code
-            import traceback
-
-            traceback.print_exc()
-        print(f"lossmap: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # lossmap's own failure
-        if args.debug:
-            import traceback
+    except Exception as exc:  # noqa: BLE001 - a UserError is exit 2, anything else lossmap's own failure
+        return report_error(exc, args.debug)[0]
 
-            traceback.print_exc()
-            return EXIT_INTERNAL
-        print(f"lossmap: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(run with --debug for the traceback, and please report it)", file=sys.stderr)
-        return EXIT_INTERNAL
+
+def report_error(exc, debug: bool):
+    """Print the one line (the traceback too with --debug) for an error; return (exit code, the line)."""
+    if debug:  # the traceback, and still the contract's exit code
+        import traceback
+
+        traceback.print_exception(exc)
+    if isinstance(exc, UserError):
+        line, code = f"lossmap: {exc}", EXIT_USAGE
+    else:
+        line = (f"lossmap: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                "(run with --debug for the traceback, and please report it)")
+        code = EXIT_INTERNAL
+    if not (debug and code == EXIT_INTERNAL):
+        print(line, file=sys.stderr)
+    return code, line
 
 
 def _run(args) -> int:
+    if args.command in ("check", "lock"):
+        from lossmap.ci import run as ci_run
+
+        _resolve_models(args)
+        return ci_run.check(args) if args.command == "check" else ci_run.lock(args)
     _resolve_model(args)
+    analysis = analyse_args(args, sources=args.command == "report")
+    if args.command == "report":
+        return _write_report(args, analysis)
+    from lossmap.render.text import render
+
+    sys.stdout.write(render(analysis))
+    return EXIT_OK
+
+
+def analyse_args(args, sources: bool = False, gradients=None):
+    """Analyse `args.model` with the common options (TensorFlow imported here, not before)."""
     _quiet_tensorflow()
     if args.data is not None and not os.path.exists(args.data):
         raise UserError(f"--data {args.data}: no such file")
@@ -153,25 +208,27 @@ def _run(args) -> int:
     run = analyse
     if getattr(args, "compare_engines", False):
         from lossmap.compare import analyse_both as run
+    model = None if args.model == STEP_ONLY else args.model
     with _stdout_to_stderr():
-        analysis = run(
-            args.model, args.data, batch_size=args.batch_size, seed=args.seed, imports=args.imports,
+        return run(
+            model, args.data, batch_size=args.batch_size, seed=args.seed, imports=args.imports,
             unsafe=args.unsafe, engine=args.engine, rtol=args.rtol, atol=args.atol,
-            gradients=not args.no_gradients, gradient_limit=args.gradient_limit,
-            sources=args.command == "report", **({"step": args.step} if args.step else {}))
-    if args.command == "report":
-        return _write_report(args, analysis)
-    if args.command == "check" and args.format == "json":
-        from lossmap.render.json_report import render
+            gradients=not args.no_gradients if gradients is None else gradients,
+            gradient_limit=args.gradient_limit, sources=sources, **({"step": args.step} if args.step else {}))
 
-        sys.stdout.write(render(analysis))
-    else:
-        from lossmap.render.text import render
 
-        sys.stdout.write(render(analysis))
-    if args.command == "explain":
-        return EXIT_OK
-    return exit_code(analysis, args.fail_on)
+STEP_ONLY = "<the model the step reaches>"  # check/lock with --step and no MODEL: one run, keyed by the step
+
+
+def _resolve_models(args):
+    """check and lock: MODEL..., --step and --example as the list of runs."""
+    if args.example and (args.models or args.step):
+        raise UserError("give either MODEL (and --step) or --example NAME, not both")
+    if args.example:
+        model, args.step = EXAMPLES[args.example]
+        args.models = [model or STEP_ONLY]
+    elif not args.models:
+        args.models = [STEP_ONLY]
 
 
 def _resolve_model(args):
@@ -229,13 +286,10 @@ def _quote(arg):
 
 
 def exit_code(analysis, fail_on="error") -> int:
-    total = analysis.total
-    if (total.compute_loss is not None or total.train_step is not None) and not total.verified:
-        return EXIT_FAILED
-    threshold = LEVEL_ORDER[fail_on]
-    if any(LEVEL_ORDER[f.level] >= threshold for f in analysis.findings):
-        return EXIT_FAILED
-    return EXIT_OK
+    """See `lossmap.ci.outcome.exit_code`."""
+    from lossmap.ci.outcome import exit_code as _exit_code
+
+    return _exit_code(analysis, fail_on)
 
 
 def _quiet_tensorflow():
