@@ -75,7 +75,7 @@ def hostile_report(hostile_analysis, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def custom_analysis():
-    """A train_step override (custom training code): lossmap.examples.physics_informed."""
+    """A train_step override (custom training code): lossmap.examples.pinn."""
     import lossmap
 
     return lossmap.analyse("lossmap.examples:physics_informed")

@@ -1,7 +1,7 @@
 """Bundled example models, built by factories (`lossmap explain lossmap.examples:multitask`).
 
-Custom training code: `physics_informed` and `input_gradient` (train_step overrides, their own
-modules) and `custom_loop` (a hand-written step function with a global model and optimizer).
+Custom training code: `physics_informed` and `input_gradient` (train_step overrides, in pinn.py
+and smoothness.py) and `custom_loop` (a hand-written step function with a global model and optimizer).
 
 `multitask` has what users ask about: two heads with loss weights, L2 on the
 kernels, an activity regularizer, a layer that calls `add_loss`, Dropout and
@@ -105,14 +105,14 @@ def dense_variational():
 
 def physics_informed():
     """A `train_step` override: data loss plus two physics terms on the input and the prediction."""
-    from lossmap.examples.physics_informed import physics_informed as build
+    from lossmap.examples.pinn import physics_informed as build
 
     return build()
 
 
 def input_gradient():
     """A `train_step` override whose smoothness penalty is built from d(output)/d(input) (nested tapes)."""
-    from lossmap.examples.input_gradient import input_gradient as build
+    from lossmap.examples.smoothness import input_gradient as build
 
     return build()
 
