@@ -44,19 +44,38 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
     eng, m = loaded.engine, loaded.model
     info = eng.model_info(m, loaded.source, loaded.saved_with)
     info.engine_reason = loaded.engine_reason
+    options = dict(batch_size=batch_size, seed=seed, rtol=rtol, atol=atol, gradients=gradients,
+                   gradient_limit=gradient_limit, sources=sources)
     unread = None
     if step_fn is not None or info.custom_train_step or info.custom_compute_loss:
-        from lossmap.steps.decompose import StepUnreadable
-        from lossmap.steps.pipeline import analyse_custom_code
+        custom, unread = _custom_code(eng, m, info, step_fn, data, options)
+        if custom is not None:
+            return custom
+    analysis = _compiled(eng, m, info, data, engine_diffs, **options)
+    if unread:
+        for f in analysis.findings:
+            if f.code in ("CUSTOM_TRAIN_STEP", "CUSTOM_COMPUTE_LOSS"):
+                f.message += f" (lossmap could not read the override: {unread})"
+    return analysis
 
-        try:
-            return analyse_custom_code(eng, m, info, step_fn, data, batch_size=batch_size, seed=seed, rtol=rtol,
-                                       atol=atol, gradients=gradients, gradient_limit=gradient_limit,
-                                       sources=sources)
-        except StepUnreadable as exc:
-            if step_fn is not None:
-                raise
-            unread = str(exc)  # the model's own override: the compile-time inventory, with the reason
+
+def _custom_code(eng, m, info, step_fn, data, options):
+    """(Analysis, None) through the user's own code; (None, why) for a model's own override lossmap cannot
+    read, which falls back to the compile-time inventory."""
+    from lossmap.steps.decompose import StepUnreadable
+    from lossmap.steps.pipeline import analyse_custom_code
+
+    try:
+        return analyse_custom_code(eng, m, info, step_fn, data, **options), None
+    except StepUnreadable as exc:
+        if step_fn is not None:
+            raise
+        return None, str(exc)
+
+
+def _compiled(eng, m, info, data, engine_diffs, *, batch_size, seed, rtol, atol, gradients, gradient_limit,
+              sources) -> Analysis:
+    """What compile() and model.losses define, captured, reproduced, verified and attributed."""
     runs = _SeededRuns(eng, m, seed)
     with runs:
         sig = eng.signature(m)
@@ -84,10 +103,6 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
         gradients=attribution,
     )
     _findings(analysis, eng, m, sig, capture, verification, engine_diffs)
-    if unread:
-        for f in analysis.findings:
-            if f.code in ("CUSTOM_TRAIN_STEP", "CUSTOM_COMPUTE_LOSS"):
-                f.message += f" (lossmap could not read the override: {unread})"
     if sources:
         _sources(analysis, eng)
     return analysis
