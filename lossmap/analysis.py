@@ -97,6 +97,8 @@ class Finding:
     level: str
     term: Optional[str]
     message: str
+    # a finding that stands for several terms of one group (in the JSON only then): their ids
+    terms: Optional[list] = None
 
 
 @dataclass
@@ -143,7 +145,7 @@ class Analysis:
                       for t in self.terms],
             "total": dataclasses.asdict(self.total) if custom
             else _without_unset(dataclasses.asdict(self.total), ("gradients_verified",)),
-            "findings": [dataclasses.asdict(f) for f in self.findings],
+            "findings": [_without_unset(dataclasses.asdict(f), ("terms",)) for f in self.findings],
             "gradients": self.gradients,
         }
         if len(self.objectives) > 1:

@@ -294,38 +294,58 @@ def adam_note(optimizer: Optional[str]) -> str:
 
 
 def findings(gradients: dict, analysis_terms) -> list:
+    """DEAD_TERM, GRADIENT_CONFLICT, GRADIENT_DROWNED and OPTIMIZER_SCALE_NOTE from the statistics.
+
+    A term dead only because its loss weight is 0 gets none (ZERO_LOSS_WEIGHT names that cause);
+    a weight regularizer is meant to pull against the data terms and to be small next to them, so
+    it is no conflict and only an info when drowned.
+    """
     from lossmap.analysis import Finding
 
     out = []
+    by_id = {t.id: t for t in analysis_terms}
     term_entries = gradients["terms"]
     dead_units = set()
     for t in analysis_terms:
         entry = term_entries.get(t.id)
         if entry and entry["dead"]:
             dead_units.add(entry["unit"])
+            if t.weight == 0.0:
+                continue
             exact = "zero" if entry["norm"] == 0.0 else f"numerically zero ({entry['norm']:.1e})"
-            out.append(Finding("DEAD_TERM", "error", t.id,
+            out.append(Finding("DEAD_TERM", "warning", t.id,
                                f"{t.id} has a {exact} gradient for every trainable variable: it is a constant "
                                "for the optimizer (computed only from inputs/targets, through a "
                                "stop_gradient, on frozen weights, or constant by construction such as "
                                "L1 of a softmax) and trains nothing"))
+    decay = {tid for tid, t in by_id.items() if t.kind == "weight_regularizer"}
     for p in gradients["pairs"]:
-        if p["cosine"] is not None and p["cosine"] < CONFLICT_COSINE:
+        if p["cosine"] is not None and p["cosine"] < CONFLICT_COSINE and not ({p["a"], p["b"]} & decay):
             out.append(Finding("GRADIENT_CONFLICT", "warning", p["b"],
                                f"{p['a']} and {p['b']} pull the {p['shared_variables']} weights they share in "
                                f"opposing directions (cosine {p['cosine']:.2f}); summed, they partly cancel"))
-    # A term drowned by the largest gradient it shares weights with: one finding per term.
+    out += _drowned(gradients, dead_units, decay)
+    if gradients.get("optimizer"):
+        out.append(Finding("OPTIMIZER_SCALE_NOTE", "info", None, adam_note(gradients["optimizer"])))
+    return out
+
+
+def _drowned(gradients: dict, dead_units: set, decay: set) -> list:
+    """A term drowned by the largest gradient it shares weights with: one finding per term."""
+    from lossmap.analysis import Finding
+
     largest = {}
     for p in gradients["pairs"]:
         for small, big, nsmall, nbig in ((p["a"], p["b"], p["norm_a"], p["norm_b"]),
                                          (p["b"], p["a"], p["norm_b"], p["norm_a"])):
             if nsmall > 0 and (small not in largest or nbig / nsmall > largest[small][0]):
                 largest[small] = (nbig / nsmall, big)
+    out = []
     for unit_id, (ratio, big) in largest.items():
         if ratio > 1.0 / SMALL_RATIO and unit_id not in dead_units:
-            out.append(Finding("GRADIENT_DROWNED", "warning", unit_id,
+            level = "info" if unit_id in decay else "warning"
+            out.append(Finding("GRADIENT_DROWNED", level, unit_id,
                                f"on the weights it shares with {big}, {unit_id}'s gradient is "
-                               f"{1.0 / ratio:.1e} of {big}'s: summed, it barely moves them"))
-    if gradients.get("optimizer"):
-        out.append(Finding("OPTIMIZER_SCALE_NOTE", "info", None, adam_note(gradients["optimizer"])))
+                               f"{1.0 / ratio:.1e} of {big}'s: summed, it barely moves them"
+                               + (" (usual for weight decay, which is meant to be small)" if level == "info" else "")))
     return out

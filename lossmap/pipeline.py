@@ -15,6 +15,7 @@ from lossmap import findings as findings_module
 from lossmap import gradients as gradients_module
 from lossmap.analysis import Analysis, BatchInfo, Total
 from lossmap.errors import UserError
+from lossmap.finding_groups import group_findings
 from lossmap.load import load
 from lossmap.refusals import batch_shapes, keras_refusals
 from lossmap.terms import build_terms, reproduce_total
@@ -229,6 +230,7 @@ def _findings(analysis, eng, m, sig, capture, verification, engine_diffs):
         diffs = engine_diff.differences(analysis, capture, eng.engine_facts(m, sig))
         analysis.findings += engine_diff.as_findings(diffs)
         analysis.engine_comparison = {"differences": diffs, "rows": None}
+    analysis.findings = group_findings(analysis.findings, analysis)
     if not analysis.state_restored:
         analysis.findings.append(findings_module.Finding(
             "STATE_NOT_RESTORED", "error", None,

@@ -106,11 +106,12 @@ ROWS = (
      "never includes them, so the model's regularizers and `add_loss` terms train nothing",
      "Add `sum(model.losses)` (or call `model.compute_loss`) inside the tape, or remove the regularizers if they "
      "are not meant to train."),
-    ("DEAD_TERM", "error",
+    ("DEAD_TERM", "warning",
      "A loss term trains nothing",
      "a term's gradient is zero, or below float32 resolution of the summed gradient, on every weight it "
-     "reaches: it cannot change a single update (warning for a term of custom training code, with the line where "
-     "its path breaks: `.numpy()`, `stop_gradient`, outside the tape, from the batch alone)",
+     "reaches: it cannot change a single update (not raised when the cause is a loss weight of 0: "
+     "`ZERO_LOSS_WEIGHT` says so); for a term of custom training code, the line where its path breaks "
+     "(`.numpy()`, `stop_gradient`, outside the tape, from the batch alone)",
      "A penalty of inputs and targets only, a `stop_gradient`, frozen weights or L1 of a softmax: remove the "
      "term or make it depend on trainable weights."),
     ("TRAINING_FLAG_MISSING", "warning",
@@ -153,11 +154,13 @@ ROWS = (
      "input here, but other code reading the output will not."),
     ("GRADIENT_CONFLICT", "warning",
      "Two loss terms pull against each other",
-     "two terms pull the weights they share in opposing directions (cosine below -0.5)",
+     "two terms pull the weights they share in opposing directions (cosine below -0.5); not raised for a weight "
+     "regularizer, which pulls against the data terms by design",
      "Expected for some objectives; otherwise rebalance the loss weights or consider PCGrad-style methods."),
     ("GRADIENT_DROWNED", "warning",
      "A loss term's gradient is drowned by another's",
-     "a term's gradient is under 1e-3 of the largest one it shares weights with: summed, it barely moves them",
+     "a term's gradient is under 1e-3 of the largest one it shares weights with: summed, it barely moves them "
+     "(info for a weight regularizer: weight decay is meant to be small next to the data loss)",
      "Raise the term's weight, or lower the dominant term's, if the small term is meant to matter."),
     ("CUSTOM_TRAIN_STEP", "warning",
      "The model overrides train_step, whose source lossmap cannot read",

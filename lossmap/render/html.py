@@ -319,6 +319,7 @@ def _finding_views(analysis):
         out.append({
             "f": f,
             "term_anchor": anchor_id("term", f.term) if f.term in term_ids else None,
+            "members": [(t, anchor_id("term", t)) for t in (getattr(f, "terms", None) or []) if t in term_ids],
             "step_anchor": anchor_id("step", step) if step in steps else None,
         })
     order = {"error": 0, "warning": 1, "info": 2}

@@ -12,6 +12,7 @@ from lossmap import findings as findings_module
 from lossmap import gradients as gradients_module
 from lossmap.analysis import Analysis, BatchInfo, Finding, Total
 from lossmap.engines.base import Capture
+from lossmap.finding_groups import group_findings
 from lossmap.steps.analyse import analyse_custom
 from lossmap.steps.state import StepState
 from lossmap.verify import compare, tolerances
@@ -129,6 +130,7 @@ def _findings(analysis, eng, model, result, state) -> list:
     if analysis.gradients is not None:
         out += step_findings.gradient_findings(analysis, result, model)
     out += step_findings.collect(analysis, eng, model, result)
+    out = group_findings(out, analysis)
     if not analysis.state_restored:
         out.append(Finding("STATE_NOT_RESTORED", "error", None,
                            "lossmap could not put the model's state back bit for bit (a lossmap bug: please report it)"))

@@ -128,7 +128,9 @@ class Keras3Engine(KerasEngine):
             "and was not built with one input shape); pass a batch with --data batch.npz")
 
     def _output_specs(self, model, inputs):
-        names = list(getattr(model, "output_names", None) or [])
+        # Keras's own output names: a Sequential keeps them on the functional model it builds inside
+        names = list(getattr(model, "output_names", None) or
+                     getattr(getattr(model, "_functional", None), "output_names", None) or [])
         struct = getattr(model, "_outputs_struct", None)
         if struct is None:
             spec_in = [self.keras.KerasTensor(i.shape, i.dtype) for i in inputs]
