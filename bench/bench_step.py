@@ -427,7 +427,8 @@ def stages(cmds: dict, names: list, env) -> dict:
         print(f"\nstages of '{name}' (one run: {wall:.2f} s wall, of which {table['total']:.2f} s in the process "
               f"after start-up; the rest is interpreter start-up and shutdown; load {os.getloadavg()[0]:.2f}):")
         for row in table["rows"]:
-            print(f"  {'  ' * row['depth']}{row['stage']:<{58 - 2 * row['depth']}} {row['seconds']:7.2f} s"
+            rss = f"{row['peak_rss_mb']:6d} MB" if row.get("peak_rss_mb") is not None else " " * 9
+            print(f"  {'  ' * row['depth']}{row['stage']:<{74 - 2 * row['depth']}} {row['seconds']:7.2f} s {rss}"
                   + (f"  x{row['calls']}" if row["calls"] > 1 else ""))
     return out
 

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 
 T0 = time.perf_counter()
@@ -24,18 +25,49 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class RSS:
+    """The process's resident set size, sampled every few milliseconds in a thread (/proc/self/statm)."""
+
+    def __init__(self, every=0.005):
+        self.samples: list = []  # (perf_counter, bytes)
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.every = every
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def now(self):
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _run(self):
+        while not self.stopped.wait(self.every):
+            self.samples.append((time.perf_counter(), self.now()))
+
+    def peak(self, intervals):
+        """Largest sample inside any of the (start, end) intervals, in MB."""
+        best = 0
+        for t, rss in self.samples:
+            if any(a <= t <= b for a, b in intervals):
+                best = max(best, rss)
+        return round(best / 2 ** 20) if best else None
+
+
 class Timers:
-    """Inclusive wall seconds and calls per label; rows print in the order they were declared."""
+    """Inclusive wall seconds, calls and peak RSS per label; rows print in the order they were declared."""
 
     def __init__(self):
         self.seconds: dict = {}
         self.calls: dict = {}
+        self.intervals: dict = {}  # label -> [(start, end)]
         self.order: list = []  # (label, depth)
         self.active: dict = {}  # label -> calls of it running now
+        self.rss = RSS() if os.path.exists("/proc/self/statm") else None
 
     def add(self, label, seconds):
         self.seconds[label] = self.seconds.get(label, 0.0) + seconds
         self.calls[label] = self.calls.get(label, 0) + 1
+        end = time.perf_counter()
+        self.intervals.setdefault(label, []).append((end - seconds, end))
 
     def row(self, label, depth):
         self.order.append((label, depth))
@@ -72,9 +104,12 @@ class Timers:
         return original
 
     def table(self, total):
+        peak = (lambda label: self.rss.peak(self.intervals.get(label, []))) if self.rss else (lambda label: None)
         rows = [{"stage": label, "depth": depth, "seconds": round(self.seconds.get(label, 0.0), 3),
-                 "calls": self.calls.get(label, 0)} for label, depth in self.order]
-        return {"total": round(total, 3), "rows": rows}
+                 "calls": self.calls.get(label, 0), "peak_rss_mb": peak(label)} for label, depth in self.order]
+        return {"total": round(total, 3), "rows": rows,
+                "peak_rss_mb": round(max(r for _, r in self.rss.samples) / 2 ** 20) if self.rss and self.rss.samples
+                else None}
 
 
 def _method_owner(cls, name):
@@ -255,11 +290,13 @@ def main(argv):
         timers, code = handwritten_stages(argv[0], argv[1:])
     table = timers.table(time.perf_counter() - T0)
     table["exit"] = code
+    print(f"{'stage':<74} {'seconds':>10} {'peak RSS':>9}")
     for row in table["rows"]:
         indent = "  " * row["depth"]
-        print(f"{indent}{row['stage']:<{74 - len(indent)}} {row['seconds']:8.2f} s"
+        rss = f"{row['peak_rss_mb']:6d} MB" if row["peak_rss_mb"] is not None else " " * 9
+        print(f"{indent}{row['stage']:<{74 - len(indent)}} {row['seconds']:8.2f} s {rss}"
               + (f"  x{row['calls']}" if row["calls"] > 1 else ""))
-    print(f"{'in this process, from start to here':<74} {table['total']:8.2f} s")
+    print(f"{'in this process, from start to here':<74} {table['total']:8.2f} s {table['peak_rss_mb'] or 0:6d} MB")
     if as_json:
         print("STAGES " + json.dumps(table))
     return 0
