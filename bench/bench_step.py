@@ -550,7 +550,8 @@ def main(argv=None) -> int:
             "repeats": args.repeats,
             "warmup": args.warmup,
             "order": "alternating: even rounds " + " -> ".join(names) + ", odd rounds reversed",
-            "commands": {n: " ".join(os.path.relpath(c, REPO) if os.path.isabs(c) else c for c in cmds[n][1])
+            "commands": {n: " ".join("python" if c == sys.executable else
+                                     os.path.relpath(c, REPO) if os.path.isabs(c) else c for c in cmds[n][1])
                          for n in names},
             "baseline": {n: base_of[cmds[n][0]] for n in names},
             "seconds": {n: [round(t, 3) for t in times[n]] for n in names},
