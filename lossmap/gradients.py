@@ -312,12 +312,15 @@ def findings(gradients: dict, analysis_terms) -> list:
             dead_units.add(entry["unit"])
             if t.weight == 0.0:
                 continue
-            exact = "zero" if entry["norm"] == 0.0 else f"numerically zero ({entry['norm']:.1e})"
-            out.append(Finding("DEAD_TERM", "warning", t.id,
-                               f"{t.id} has a {exact} gradient for every trainable variable: it is a constant "
-                               "for the optimizer (computed only from inputs/targets, through a "
-                               "stop_gradient, on frozen weights, or constant by construction such as "
-                               "L1 of a softmax) and trains nothing"))
+            if entry["norm"] == 0.0:
+                text = (f"{t.id} has a zero gradient for every trainable variable: it is a constant for the "
+                        "optimizer (computed only from inputs/targets, through a stop_gradient, on frozen weights, "
+                        "or constant by construction such as L1 of a softmax) and trains nothing")
+            else:
+                text = (f"{t.id}'s gradient (norm {entry['norm']:.1e}) is below float32 resolution of the summed "
+                        "gradient on every weight it reaches: adding it changes no float32 update on this batch, "
+                        "so it trains nothing while the other terms are this large")
+            out.append(Finding("DEAD_TERM", "warning", t.id, text))
     decay = {tid for tid, t in by_id.items() if t.kind == "weight_regularizer"}
     for p in gradients["pairs"]:
         if p["cosine"] is not None and p["cosine"] < CONFLICT_COSINE and not ({p["a"], p["b"]} & decay):

@@ -277,3 +277,24 @@ def test_an_override_without_source_falls_back_to_the_compiled_inventory():
     assert r.model.step is None and [t.kind for t in r.terms] == ["compiled"]
     f = finding(r, "CUSTOM_TRAIN_STEP")
     assert len(f) == 1 and "could not read the override" in f[0].message
+
+
+def test_clipped_gradients_verify_against_what_the_step_differentiates():
+    _, r = analyse("step_clipped")
+    assert r.total.verified and r.total.gradients_verified
+    assert [f.code for f in r.findings if f.code == "GRADIENT_TRANSFORMED"] == ["GRADIENT_TRANSFORMED"]
+    assert not finding(analyse("step_adds_losses")[1], "GRADIENT_TRANSFORMED")
+
+
+def test_batchnorm_rounding_is_not_a_gradient_mismatch():
+    """Gradients through BatchNorm, and of a bias right before it (exactly 0), differ by rounding only."""
+    import keras
+    import lossmap
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    h = keras.layers.Dense(16, name="hidden")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.Activation("tanh")(h)))
+    r = lossmap.analyse(model, cs.batch(32), step=cs.step_adds_losses, gradients=False)
+    assert r.total.verified and r.total.gradients_verified, [f.message for f in r.findings]

@@ -100,6 +100,12 @@ ROWS = (
      "gradients (or differ between the step as written and its instrumented copy)",
      "The decomposition does not account for what trains the model: look for gradients changed between "
      "`tape.gradient` and `apply_gradients` (clipping, scaling) and for randomness the seed does not fix."),
+    ("GRADIENT_TRANSFORMED", "info",
+     "The step changes its gradient before applying it",
+     "custom training code changes the gradient between `tape.gradient` and the optimizer (clipping, scaling, "
+     "masking): the terms add up to what it differentiates; the optimizer receives something else",
+     "Per-term gradient statistics describe the gradient before the change; clipping by global norm keeps "
+     "each term's direction, per-variable clipping does not."),
     ("MODEL_LOSSES_IGNORED", "warning",
      "The training step ignores model.losses",
      "custom training code: `model.losses` has entries (how many, their sum) and the loss the step differentiates "

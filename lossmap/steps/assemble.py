@@ -30,6 +30,7 @@ class AssembledTerm:
     objective: int  # the outer objective it belongs to
     local_variable: Optional[str] = None  # weight regularizers: the one variable it reaches
     recorded: Optional[float] = None  # the contribution as the step computed it (custom terms)
+    gradient: Optional[dict] = None  # the gradient of its contribution, once taken (analyse.term_gradient)
 
 
 @dataclass

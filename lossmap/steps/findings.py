@@ -168,7 +168,16 @@ def _gradients_not_verified(analysis, eng, model, result):
                                                            "model"))]
 
 
-RULES = (_model_losses_ignored, _training_flag_missing, _input_gradient_terms, _logged_loss_differs,
+def _gradients_transformed(analysis, eng, model, result):
+    if not result.transformed:
+        return []
+    return [Finding("GRADIENT_TRANSFORMED", "info", None,
+                    f"{', '.join(result.transformed)}: the step changes the gradient between taking it and applying "
+                    "it (clipping, scaling, masking): the terms add up to what it differentiates, and the optimizer "
+                    "receives something else; per-term shares are of the gradient before the change")]
+
+
+RULES = (_gradients_transformed, _model_losses_ignored, _training_flag_missing, _input_gradient_terms, _logged_loss_differs,
          _multiple_optimizers, _unsplit, _gradients_not_verified)
 
 
