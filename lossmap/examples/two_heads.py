@@ -19,7 +19,7 @@ import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 LEARNING_RATE = 1e-2
-SCALE_A, SCALE_B = 10.0, 0.1  # the two targets' sizes: loss_a starts about 10,000 times loss_b
+SCALE_A, SCALE_B = 10.0, 0.1  # the two targets' sizes, 100 times apart
 
 
 def dataset(n=256, seed=0):
@@ -62,7 +62,7 @@ def summed(model):
     return train_step
 
 
-def weighted(model, w_a, w_b):
+def weighted(model, w_a=1.0, w_b=10.0):
     optimizer = keras.optimizers.Adam(LEARNING_RATE)
 
     def train_step(x, y):
@@ -125,7 +125,7 @@ def pcgrad(model):
     return train_step
 
 
-METHODS = {"summed": summed, "two_optimizers": two_optimizers, "pcgrad": pcgrad}
+METHODS = {"summed": summed, "two_optimizers": two_optimizers, "weighted": weighted, "pcgrad": pcgrad}
 
 
 def train(make_step, steps=300, seed=0, **kwargs):
@@ -134,12 +134,15 @@ def train(make_step, steps=300, seed=0, **kwargs):
     model = build_model(seed)
     step = tf.function(make_step(model, **kwargs))
     trunk = _variables(model)[0]
-    history = {"loss_a": [], "loss_b": [], "trunk_update": {v.path: [] for v in trunk}}
-    for _ in range(steps):
+    history = {"loss_a": [], "loss_b": [], "trunk_update": {v.path: [] for v in trunk}, "first_update": {}}
+    for i in range(steps):
         before = [v.numpy() for v in trunk]
         logs = step(x, y)
         for v, old in zip(trunk, before):
-            history["trunk_update"][v.path].append(float(np.sqrt(np.mean((v.numpy() - old) ** 2))))
+            change = v.numpy() - old
+            history["trunk_update"][v.path].append(float(np.sqrt(np.mean(change**2))))
+            if i == 0:
+                history["first_update"][v.path] = np.abs(change)
         history["loss_a"].append(float(logs["loss_a"]))
         history["loss_b"].append(float(logs["loss_b"]))
     return history
@@ -148,6 +151,7 @@ def train(make_step, steps=300, seed=0, **kwargs):
 # The steps `lossmap --step` explains: one model each, reached through the closure.
 example_summed = summed(build_model())
 example_two_optimizers = two_optimizers(build_model())
+example_pcgrad = pcgrad(build_model())
 
 
 if __name__ == "__main__":

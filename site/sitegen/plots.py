@@ -83,13 +83,21 @@ def _y_range(series, log_y, y_min):
 
 
 def line_chart(series: list, *, title: str, x_label: str, y_label: str, log_y: bool = False,
-               width: int = W, height: int = H, y_min: Optional[float] = None, x0: int = 1) -> str:
-    """A chart of `series` (y per step, x from `x0`), with axes, grid, ticks and a legend."""
+               width: int = W, height: int = H, y_min: Optional[float] = None, x0: int = 1,
+               marks: tuple = ()) -> str:
+    """A chart of `series` (y per step, x from `x0`), with axes, grid, ticks and a legend.
+
+    `marks`: (value, label) pairs drawn as labelled horizontal reference lines."""
     n = max(len(s.ys) for s in series)
-    lo, hi = _y_range(series, log_y, y_min)
+    ref = [Series("", [v]) for v, _ in marks]
+    lo, hi = _y_range(series + ref, log_y, y_min)
     sx = _Scale(x0, x0 + n - 1, PAD_L, width - PAD_R)
     sy = _Scale(lo, hi, height - PAD_B, PAD_T, log=log_y)
     body = [_grid(sx, sy, lo, hi, log_y, x0, n, width, height), _axes(width, height, x_label, y_label)]
+    for value, label in marks:
+        y = sy(value)
+        body.append(f'<g class="mark"><line x1="{PAD_L}" x2="{width - PAD_R}" y1="{_c(y)}" y2="{_c(y)}"/>'
+                    f'<text x="{width - PAD_R - 4}" y="{_c(y - 4)}" text-anchor="end">{esc(label)}</text></g>')
     for s in series:
         body.append(_path(s, sx, sy, x0, log_y))
     body.append(_legend(series, width))
