@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -65,6 +66,8 @@ def build(out_dir: str, only=None, log=print) -> dict:
     from sitegen.pages import PAGES
 
     import_tensorflow()
+    # the examples make TensorFlow log warnings the pages show where they matter; keep the build's output short
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     modules = [m for m in PAGES if not only or m.SLUG in only]
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)

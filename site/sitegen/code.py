@@ -94,13 +94,16 @@ def file_lines(path: str, start: int, end: int, marks: Optional[dict] = None, qu
     return CodeBlock(shown_path(path), qualname, start, start + len(texts) - 1, rows, found)
 
 
-def library_window(cite: dict, before: int = 2, after: int = 3) -> CodeBlock:
-    """The lines around a statement lossmap cites (`lossmap.engine_diff.cite`), read from the installed file."""
-    from lossmap.sources import module_file
+def library_window(cite: dict, before: int = 4, after: int = 3) -> CodeBlock:
+    """The lines around a statement lossmap cites (`lossmap.engine_diff.cite`), read from the installed file,
+    within the function it is in."""
+    from lossmap.sources import definition, module_file
 
     path = module_file(cite["module"])
     line = cite["line"]
-    block = file_lines(path, max(1, line - before), line + after, qualname=cite["qualname"])
+    d = definition(path, cite["qualname"])
+    first, last = max(d.start_line, line - before), min(d.end_line, line + after)
+    block = file_lines(path, first, last, qualname=cite["qualname"])
     row = next(r for r in block.rows if r["number"] == line)
     if cite["text"] and cite["text"] not in _plain(row):
         raise CodeChanged(f"{block.path}:{line} is not {cite['text']!r}")

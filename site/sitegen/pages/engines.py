@@ -14,7 +14,7 @@ from sitegen.code import library_window, source_of
 SLUG = "engines"
 NAV = "tf_keras 2.x vs Keras 3"
 TITLE = "tf_keras 2.x vs Keras 3: where the same model gets a different loss"
-ANSWER = ("Seven places, each found in both engines' installed source: non-scalar add_loss tensors, activity "
+ANSWER = ("The places lossmap knows, each found in both engines' installed source: non-scalar add_loss tensors, activity "
           "regularizer normalisation, per-output logs, loss_weights validation, distribution scaling, regularizers on "
           "frozen weights and binary crossentropy's epsilon. Here each one is run in both engines.")
 SPEC = "lossmap.examples.engine_differences:{}"
@@ -87,9 +87,9 @@ def _claims_non_scalar(page, ns) -> dict:
     message = _raised(lambda: model.train_on_batch(x, y))
     size = ns.batch.size
     return {"ENGINE_DIFF_ADD_LOSS_NON_SCALAR": page.claims.check(
-        f"A per-sample `add_loss` tensor counts {num(row['keras3']['value'])} in Keras 3, {size} times the "
-        f"{num(row['tf_keras']['value'])} tf_keras would log (its mean), and tf_keras's own `train_on_batch` fails: "
-        "`AddN` cannot add it to the scalar compiled loss",
+        f"A per-sample `add_loss` tensor counts {num(row['keras3']['value'])} in Keras 3, its sum over the {size} "
+        f"samples, where lossmap values it at its mean, {num(row['tf_keras']['value'])}, in tf_keras; and tf_keras's "
+        "own `train_on_batch` fails: `AddN` cannot add the per-sample tensor to the scalar compiled loss",
         math.isclose(row["keras3"]["value"], size * row["tf_keras"]["value"], rel_tol=1e-5)
         and message is not None and "AddN" in message and ns.engine_comparison["totals"]["keras3"]["verified"])}
 

@@ -1,7 +1,9 @@
 """Page 4: a loss built from d(output)/d(input): nested and persistent tapes, and a gradient taken outside the tape."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import math
 
 import lossmap
@@ -26,9 +28,10 @@ TERM = "custom/smoothness"
 
 
 def build(page) -> dict:
-    analyses, views = {}, {}
+    analyses, views, warned = {}, {}, {}
     for key, spec, name, title in VARIANTS:
-        a = lossmap.analyse(spec)
+        with tensorflow_warnings() as warned[key]:
+            a = lossmap.analyse(spec)
         href = page.report(a, name, title.lower(), f"lossmap report {spec}")
         page.run(f"lossmap report {spec}", f"{title}:")
         analyses[key] = a
@@ -46,6 +49,9 @@ def build(page) -> dict:
     c = {}
     c.update(_value_claims(page, analyses))
     c.update(_path_claims(page, analyses))
+    note = [m for m in warned["persistent"] if "higher order derivatives" in m]
+    c["tf_warns"] = page.claims.check("TensorFlow itself logs a warning for the persistent tape: \"" + (
+        note[0].split(". ")[-1].rstrip(".") if note else "") + "\"", bool(note) and not warned["nested"])
     return {"c": c, "v": views, "order": [k for k, *_ in VARIANTS]}
 
 
@@ -87,3 +93,22 @@ def _path_claims(page, an) -> dict:
                          "second-order path is lost" in msg["outside"] and g["outside"]["dead"]
                          and any(f.code == "DEAD_TERM" for f in an["outside"].findings)),
     }
+
+
+@contextlib.contextmanager
+def tensorflow_warnings():
+    """The messages TensorFlow's logger emits at WARNING and above inside the block (not printed)."""
+    logger, seen = logging.getLogger("tensorflow"), []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    saved = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers, logger.propagate = [Keep(logging.WARNING)], False
+    logger.setLevel(logging.WARNING)
+    try:
+        yield seen
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
