@@ -155,7 +155,7 @@ def test_each_page_states_its_versions_and_draws_its_plots(site):
         assert "<script" not in text  # the pages need no JavaScript
     plots = {slug: open(os.path.join(out, slug + ".html"), encoding="utf-8").read().count('class="lossmap plot"')
              for slug in ("physics-terms", "one-loss-or-two-optimizers")}
-    assert plots == {"physics-terms": 2, "one-loss-or-two-optimizers": 3}
+    assert plots == {"physics-terms": 2, "one-loss-or-two-optimizers": 4}
 
 
 def test_answers_state_numbers_only_in_checked_sentences(site):

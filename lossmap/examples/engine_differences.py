@@ -4,7 +4,7 @@
 binary crossentropy on probabilities that carry no logits (`hard_sigmoid`), and a SUM-reduced
 loss: five of the engine differences lossmap knows in one model.
 `non_scalar_add_loss(keras)`: a layer that passes a per-sample tensor to `add_loss`.
-`short_loss_weights(keras)`: three outputs and two loss weights.
+`short_loss_weights(keras)`: three outputs and two loss weights (`short_loss_weights_tf_keras()` for `lossmap report`).
 
     lossmap report lossmap.examples.engine_differences:differences --compare-engines
 """
@@ -58,3 +58,10 @@ def short_loss_weights(keras):
     model = keras.Model(inputs, outputs, name="short_loss_weights")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", loss_weights=[1.0, 0.5])
     return model
+
+
+def short_loss_weights_tf_keras():
+    """`short_loss_weights` in tf_keras, the engine that accepts it (Keras 3 raises)."""
+    import tf_keras
+
+    return short_loss_weights(tf_keras)

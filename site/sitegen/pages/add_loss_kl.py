@@ -9,8 +9,8 @@ from sitegen.code import source_of
 SLUG = "add-loss-and-kl"
 NAV = "add_loss and KL terms"
 TITLE = "Where are add_loss and KL losses added after the forward pass?"
-ANSWER = ("Not during the forward pass: add_loss only stores the tensor on the layer. After it, compute_loss reads "
-          "model.losses and adds the entries to the compiled loss: tf.add_n in tf_keras, ops.sum in Keras 3.")
+ANSWER = ("Not during the forward pass: `add_loss` only stores the tensor on the layer. After it, `compute_loss` reads "
+          "`model.losses` and adds the entries to the compiled loss: `tf.add_n` in tf_keras, `ops.sum` in Keras 3.")
 KL = "add_loss/bayes/0"
 
 

@@ -14,8 +14,8 @@ from sitegen.code import library_window, source_of
 SLUG = "engines"
 NAV = "tf_keras 2.x vs Keras 3"
 TITLE = "tf_keras 2.x vs Keras 3: where the same model gets a different loss"
-ANSWER = ("The places lossmap knows, each found in both engines' installed source: non-scalar add_loss tensors, activity "
-          "regularizer normalisation, per-output logs, loss_weights validation, distribution scaling, regularizers on "
+ANSWER = ("The places lossmap knows, each found in both engines' installed source: non-scalar `add_loss` tensors, activity "
+          "regularizer normalisation, per-output logs, `loss_weights` validation, distribution scaling, regularizers on "
           "frozen weights and binary crossentropy's epsilon. Here each one is run in both engines.")
 SPEC = "lossmap.examples.engine_differences:{}"
 ORDER = ("ENGINE_DIFF_ADD_LOSS_NON_SCALAR", "ENGINE_DIFF_ACTIVITY_NORMALISATION", "ENGINE_DIFF_PER_OUTPUT_LOGS",
@@ -24,16 +24,16 @@ ORDER = ("ENGINE_DIFF_ADD_LOSS_NON_SCALAR", "ENGINE_DIFF_ACTIVITY_NORMALISATION"
 
 
 def build(page) -> dict:
-    import tf_keras
-
     both = analyse_both(SPEC.format("differences"))
     ns = analyse_both(SPEC.format("non_scalar_add_loss"))
-    short = lossmap.analyse(models.short_loss_weights(tf_keras))
+    short = lossmap.analyse(SPEC.format("short_loss_weights_tf_keras"))
     for a, name, fn in ((both, "engine_differences", "differences"), (ns, "non_scalar_add_loss", "non_scalar_add_loss")):
         command = f"lossmap report {SPEC.format(fn)} --compare-engines"
         page.report(a, name, f"{fn} in both engines", command)
         page.run(command, f"`{fn}`, both engines side by side:")
-    page.report(short, "short_loss_weights", "short loss_weights on tf_keras", "lossmap.analyse(short_loss_weights(tf_keras))")
+    command = f"lossmap report {SPEC.format('short_loss_weights_tf_keras')}"
+    page.report(short, "short_loss_weights", "short loss_weights on tf_keras", command)
+    page.run(command, "`short_loss_weights` on tf_keras, the engine that accepts it:")
     source = {}
     for a, fn in ((both, "differences"), (ns, "non_scalar_add_loss"), (short, "short_loss_weights")):
         for d in a.engine_comparison["differences"]:

@@ -14,7 +14,7 @@ SLUG = "loss-weights"
 NAV = "loss_weights and multi-output models"
 TITLE = "loss_weights and multi-output models"
 ANSWER = ("Keras pairs each output with its loss and weight by name (dicts) or by position in the model's outputs "
-          "(lists), and a dict of outputs is flattened in sorted-key order. The <output>_loss logs are recorded before "
+          "(lists), and a dict of outputs is flattened in sorted-key order. The `<output>_loss` logs are recorded before "
           "the weight is applied, and the regularization terms are in none of them, so the logged loss is not their "
           "sum.")
 

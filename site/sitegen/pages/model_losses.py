@@ -11,9 +11,9 @@ from sitegen.code import file_lines, source_of
 SLUG = "model-losses"
 NAV = "What model.losses holds"
 TITLE = "Why does model.losses hold my regularization losses?"
-ANSWER = ("Because Keras adds them to the loss only by reading model.losses in compute_loss. Weight regularizers are "
-          "recomputed from the current weights on every read; activity regularizers and add_loss tensors are refilled "
-          "by every call. A hand-written loop gets none of them unless it adds sum(model.losses) itself.")
+ANSWER = ("Because Keras adds them to the loss by reading `model.losses` in `compute_loss`. Weight regularizers are "
+          "recomputed from the current weights on every read; activity regularizers and `add_loss` tensors are refilled "
+          "by every call. A hand-written loop gets none of them unless it adds `sum(model.losses)` itself.")
 L2 = "regularizer/dense_1/kernel"
 
 

@@ -58,11 +58,12 @@ def _charts(runs) -> list:
         series = [plots.Series(LABELS[n], r[key], f"s{i}", n == "pcgrad") for i, (n, r) in enumerate(runs.items())]
         out.append(plots.line_chart(series, title=title, x_label="training step", y_label=f"{key} (log scale)",
                                     log_y=True, width=540, height=290))
-    series = [plots.Series(LABELS[n], r["trunk_update"][KERNEL], f"s{i}", n == "pcgrad")
-              for i, (n, r) in enumerate(runs.items())]
-    out.append(plots.line_chart(series, title="Size of each step's update to the trunk's kernel",
-                                x_label="training step", y_label="RMS of the update (log scale)", log_y=True,
-                                width=1080, height=320, marks=((lr, "learning rate"), (2 * lr, "2 x learning rate"))))
+    for variable in (KERNEL, "trunk/bias"):
+        series = [plots.Series(LABELS[n], r["trunk_update"][variable], f"s{i}", n == "pcgrad")
+                  for i, (n, r) in enumerate(runs.items())]
+        out.append(plots.line_chart(series, title=f"Size of each step's update to {variable}", x_label="training step",
+                                    y_label="RMS of the update (log scale)", log_y=True, width=540, height=290,
+                                    marks=((lr, "learning rate"), (2 * lr, "2 x learning rate"))))
     return out
 
 

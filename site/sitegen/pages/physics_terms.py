@@ -12,7 +12,7 @@ from sitegen.code import source_of
 SLUG = "physics-terms"
 NAV = "Physics-informed terms"
 TITLE = "Penalties that depend on the model's input and output"
-ANSWER = ("Write them in train_step next to the data loss: lossmap splits the total into its terms, measures what each "
+ANSWER = ("Write them in `train_step` next to the data loss: lossmap splits the total into its terms, measures what each "
           "does to the weights, and names the line where a term stops training anything. A term whose curve is flat "
           "can still be training; a term whose curve falls can be dead. Its gradient tells which.")
 SPEC = "lossmap.examples.physics_informed:physics_informed"  # module:function, not the package alias
