@@ -109,6 +109,8 @@ def test_links_and_anchors_resolve_inside_the_site(site):
                 assert fragment in pages[target_path].ids, f"{path}: {ref}: no such anchor"
     css = open(os.path.join(out, "assets", "site.css"), encoding="utf-8").read()
     assert "url(" not in css and "@import" not in css
+    # dark mode on screen only: printing from a dark-mode browser uses the light palette
+    assert "@media screen and (prefers-color-scheme: dark)" in css and "@media (prefers-color-scheme" not in css
 
 
 def _code_blocks(text):

@@ -46,7 +46,9 @@ def stylesheet() -> str:
 
     with open(os.path.join(SITE_TEMPLATES, "site.css"), encoding="utf-8") as fh:
         own = fh.read()
-    return "\n".join([template_source("report.css"), template_source("svg.css"), code_css(), own])
+    css = "\n".join([template_source("report.css"), template_source("svg.css"), code_css(), own])
+    # dark colours on screen only: a page printed from a dark-mode browser prints in the light palette
+    return css.replace("@media (prefers-color-scheme: dark)", "@media screen and (prefers-color-scheme: dark)")
 
 
 class PageBuild:
