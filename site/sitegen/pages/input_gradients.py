@@ -59,7 +59,10 @@ def _value_claims(page, an) -> dict:
     check = page.claims.check
     values = {k: a.term(TERM).value for k, a in an.items()}
     data = {k: a.gradients["terms"]["compiled/mse"]["norm"] for k, a in an.items()}
+    weights = {a.term(TERM).weight for a in an.values()}
     return {
+        "weight": check(f"lossmap reads the penalty's weight, `self.smoothness_weight`, as {weights.pop():g} in all "
+                        "three steps", len({a.term(TERM).weight for a in an.values()}) == 1),
         "same": check(f"The smoothness penalty has the same value in all three steps ({num(values['nested'], 6)}), "
                       "and each total is verified against what the step differentiated",
                       len(set(values.values())) == 1 and all(a.total.verified and a.total.gradients_verified

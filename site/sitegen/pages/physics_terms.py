@@ -61,7 +61,8 @@ def build(page) -> dict:
 
 def _chart(history, title) -> str:
     names = ["data_loss", "loss_x", "loss_z"]
-    series = [plots.Series(n, [h[n] for h in history], f"s{i}") for i, n in enumerate(names)]
+    # loss_z dashed: it runs next to data_loss, which pulls x1 toward z1 ** 2 as well
+    series = [plots.Series(n, [h[n] for h in history], f"s{i}", n == "loss_z") for i, n in enumerate(names)]
     return plots.line_chart(series, title=title, x_label="training step", y_label="term value (log scale)",
                             log_y=True, width=540, height=280)
 
