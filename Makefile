@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: report test bench clean
+.PHONY: report test bench site clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_check.py
+
+# The learning site (site/README.md): every page from models lossmap analyses now, into _site/
+site: $(STAMP)
+	$(BIN)/python site/build.py --out _site
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
