@@ -217,20 +217,20 @@ def _update_of(d, o, updates):
     """The optimizer call that applied this objective's gradient (matched by the gradient objects)."""
     if o.gradient is None:
         return None
-    record = d.recorder.gradients.get(o.gradient.index)
-    if record is None:
+    records = [d.recorder.gradients.get(g.index) for g in o.gradient_calls()]
+    if any(r is None for r in records):
         return None
     import tensorflow as tf
 
-    if record.optimizer is not None:  # minimize: the optimizer's own apply_gradients
-        return next(((i, u) for i, u in enumerate(updates) if u.optimizer is record.optimizer), None)
-    produced = {id(g) for g in tf.nest.flatten(record.result) if g is not None}
+    if records[0].optimizer is not None:  # minimize: the optimizer's own apply_gradients
+        return next(((i, u) for i, u in enumerate(updates) if u.optimizer is records[0].optimizer), None)
+    produced = {id(g) for r in records for g in tf.nest.flatten(r.result) if g is not None}
     for i, update in enumerate(updates):
         if produced & {id(g) for g in update.tensors if g is not None}:
             return i, update
     # the step made new tensors of the gradient (clipping): the update of the same variables
     variables = set(d.attribution.sources.get(o.id, ()))
-    return next(((i, u) for i, u in enumerate(updates) if variables and set(u.gradients) == variables), None)
+    return next(((i, u) for i, u in enumerate(updates) if variables and set(u.gradients) >= variables), None)
 
 
 def _optimizer_label(d, update, g) -> Optional[str]:
@@ -283,7 +283,7 @@ def _verify_gradients(eng, result, d, first, second, rtol, atol):
     """Per objective: the sum of the terms' gradients against what the step differentiated (the result of
     its `tape.gradient`) and what each run handed its optimizer."""
     checks, notes = [], []
-    result.transformed = []
+    by_update: dict = {}  # update index -> (update, [(objective id, its taken gradient)])
     for o, entry in zip(d.parts.objectives, result.objectives):
         matched = _update_of(d, o, first.updates)
         if matched is None:
@@ -301,8 +301,8 @@ def _verify_gradients(eng, result, d, first, second, rtol, atol):
         worst_real = _worst_gap(applied.gradients, real.gradients, [], tolerance, atol) if real is not None \
             else (None, float("inf"))
         ok, ok_real = worst[1] <= 1.0, worst_real[1] <= 1.0
-        if taken is not None and _worst_gap(taken, applied.gradients, [], tolerance, atol)[1] > 1.0:
-            result.transformed.append(entry["id"])
+        if taken is not None:
+            by_update.setdefault(index, (applied, []))[1].append((entry["id"], taken))
         entry["verified"] = bool(ok and ok_real and entry["value"] is not None and
                                  _close_value(entry["reproduced"], entry["value"], rtol, atol))
         checks.append(ok and ok_real)
@@ -313,6 +313,11 @@ def _verify_gradients(eng, result, d, first, second, rtol, atol):
             notes.append(f"{entry['id']}: the step as written applied other gradients than its instrumented copy")
     result.gradients_verified = all(checks) if checks else None
     result.gradient_notes = notes
+    # what the optimizer received, against what the step's gradient calls returned (summed where the
+    # objectives it applies share a variable): anything else is a transform (clipping, projection)
+    result.transformed = [oid for applied, taken in by_update.values()
+                          if _worst_gap(_sum_gradients([t for _, t in taken]), applied.gradients, [],
+                                        max(rtol, GRADIENT_RTOL), atol)[1] > 1.0 for oid, _ in taken]
     result.term_gradients = {a.term.id: term_gradient(a, d.attribution) for a in result.assembled}
 
 
@@ -320,11 +325,14 @@ def _taken_gradient(eng, d, o):
     """What the step's own `tape.gradient` returned for this objective, by variable path (None for minimize)."""
     import tensorflow as tf
 
-    record = d.recorder.gradients.get(o.gradient.index) if o.gradient is not None else None
-    if record is None or record.result is None:
-        return None
     name = d.attribution.namer
-    return {name(v): eng.dense_gradient(g) for v, g in zip(record.sources, tf.nest.flatten(record.result))}
+    out = {}
+    for g in o.gradient_calls():
+        record = d.recorder.gradients.get(g.index)
+        if record is None or record.result is None:
+            return None
+        out.update({name(v): eng.dense_gradient(t) for v, t in zip(record.sources, tf.nest.flatten(record.result))})
+    return out or None
 
 
 def _sum_gradients(parts) -> dict:

@@ -134,8 +134,8 @@ def _logged_loss_differs(analysis, eng, model, result):
 
 def _multiple_optimizers(analysis, eng, model, result):
     objectives = result.objectives
-    if len(objectives) < 2:
-        return []
+    if len(objectives) < 2 or len({o["optimizer"] for o in objectives}) < 2:
+        return []  # one optimizer for several losses: GRADIENT_TRANSFORMED says how it combines them
     parts = [f"{o['id']} = {o['target']} (line {o['source']['line']}; {o['optimizer'] or 'no optimizer seen'}; "
              f"{len(o['terms'])} term(s); {len(o['variables'])} variable(s))" for o in objectives]
     shared = sorted(set(objectives[0]["variables"]).intersection(*[set(o["variables"]) for o in objectives[1:]]))

@@ -457,10 +457,26 @@ def _classify_gradients(step: StepSource):
     trainable variables; otherwise it is an input gradient (d output / d input)."""
     applied = set()
     for call in step.optimizer_calls:
-        applied |= call.reads
+        applied |= _feeding(step, call.reads, call.statement)
     for g in step.gradients:
         if g.minimize or set(g.results) & applied or _names_variables(g.sources, step, g.statement):
             g.kind = "objective"
+
+
+def _feeding(step: StepSource, names, before: int, depth: int = 0) -> set:
+    """`names` and every name they are computed from (the gradients a projection or a clip combines),
+    stopping at the result of a gradient call: what a gradient is taken of does not feed the optimizer."""
+    out = set(names)
+    if depth > 20:
+        return out
+    taken = {g.statement for g in step.gradients}
+    for name in names:
+        for stmt in reversed(step.statements[:before]):
+            if name in stmt.assigned:
+                if stmt.index not in taken:
+                    out |= _feeding(step, stmt.reads - out, stmt.index, depth + 1)
+                break
+    return out
 
 
 VARIABLE_ATTRS = TRAINABLE_ATTRS + ("variables", "weights")

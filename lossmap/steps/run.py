@@ -59,7 +59,7 @@ class Attribution:
 
         parts = self.decomposition.parts
         objective = next((o for o in parts.objectives
-                          if o.gradient is not None and o.gradient.index == gradient_index), None)
+                          if any(g.index == gradient_index for g in o.gradient_calls())), None)
         if objective is None:
             return
         if self.snapshot is not None and self.snapshot_value is None:
@@ -67,7 +67,8 @@ class Attribution:
         self.targets[objective.id] = record.target
         sources = record.sources
         paths = [self.namer(v) for v in sources]
-        self.sources[objective.id] = paths
+        self.sources[objective.id] = self.sources.get(objective.id, []) + \
+            [p for p in paths if p not in self.sources.get(objective.id, [])]
         out = {}
         for key, tensor in term_tensors(self.decomposition, objective.id):
             if tensor is None:
@@ -76,7 +77,9 @@ class Attribution:
             # a list (regularizers of distinct variables) is differentiated as its sum: one pass
             grads = record.tape.gradient(tensor, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
             out[key] = {p: self.eng.dense_gradient(g) for p, g in zip(paths, grads) if g is not None}
-        self.term_gradients[objective.id] = out
+        merged = self.term_gradients.setdefault(objective.id, {})
+        for key, grads in out.items():  # another call of the same loss adds its variables
+            merged.setdefault(key, {}).update(grads)
 
 
 def term_tensors(decomposition: Decomposition, objective_id: int, prefix=()) -> list:

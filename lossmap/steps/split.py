@@ -81,6 +81,10 @@ class Objective:
     gradient: object  # read.GradientCall; None for the value a loss function returns
     addends: list = field(default_factory=list)  # addend ids
     returned: object = None  # the returned expression (split_returns)
+    more: list = field(default_factory=list)  # further gradient calls of the same loss (other variables)
+
+    def gradient_calls(self) -> list:
+        return ([self.gradient] if self.gradient is not None else []) + self.more
 
 
 @dataclass
@@ -339,10 +343,22 @@ def split(step: StepSource) -> Split:
     for g in step.gradients:
         if g.kind != "objective":
             continue
+        same = next((o for o in objectives if o.gradient.target_text == g.target_text
+                     and _same_value(step, o.gradient, g)), None)
+        if same is not None:  # the same loss differentiated for other variables (one head, then the trunk)
+            same.more.append(g)
+            continue
         objective = Objective(id=len(objectives), gradient=g)
         objective.addends = [a.id for a in splitter.objective(g, objective.id)]
         objectives.append(objective)
     return Split(objectives, splitter.addends, splitter.coefficients)
+
+
+def _same_value(step: StepSource, a, b) -> bool:
+    """Two gradient calls differentiate the same value: no statement between them rebinds a name it reads."""
+    names = names_read(a.target)
+    first, last = sorted((a.statement, b.statement))
+    return not any(set(s.assigned) & names for s in step.statements[first + 1:last])
 
 
 def split_returns(step: StepSource) -> Split:

@@ -47,7 +47,7 @@ def build(page) -> dict:
         "rows_summed": page.term_rows(summed_a, s_href), "eq_two": page.equation(two_a, t_href),
         "objectives": two_a.objectives,
         "multi": next(f for f in two_a.findings if f.code == "MULTIPLE_OPTIMIZERS"),
-        "pc_finding": next(f for f in pc_a.findings if f.code == "GRADIENTS_NOT_VERIFIED"),
+        "pc_finding": next((f for f in pc_a.findings if f.code == "GRADIENT_TRANSFORMED"), None),
     }
 
 
@@ -134,7 +134,19 @@ def _lossmap_claims(page, summed_a, pc_a) -> dict:
                         a["share"] > 0.9 and a["per_layer"]["trunk"] > 5 * b["per_layer"]["trunk"]),
         "cosine": check(f"Their cosine on the trunk is {pair['cosine']:.3f}: almost orthogonal, hardly in conflict",
                         abs(pair["cosine"]) < 0.1),
-        "pc_lossmap": check("On the PCGrad step, lossmap verifies both losses' values and reports "
-                            "`GRADIENTS_NOT_VERIFIED`: the gradient it applies is, by design, not the sum of the "
-                            "losses' gradients", pc_a.total.verified and not pc_a.total.gradients_verified),
+        "pc_lossmap": _pcgrad_claim(check, pc_a, pair),
     }
+
+
+def _pcgrad_claim(check, pc_a, pair):
+    """What lossmap says of the PCGrad step on this batch: PCGrad projects only conflicting gradients."""
+    transformed = any(f.code == "GRADIENT_TRANSFORMED" for f in pc_a.findings)
+    verified = pc_a.total.verified and pc_a.total.gradients_verified
+    if transformed:
+        return check("On the PCGrad step, lossmap verifies both losses and the gradients the step takes of them, "
+                     "and reports `GRADIENT_TRANSFORMED`: the trunk receives the projected gradients, not their sum",
+                     verified and pair["cosine"] < 0)
+    return check(f"On the PCGrad step, lossmap verifies both losses and every gradient the step applies: on this "
+                 f"batch the trunk gradients do not conflict (cosine {pair['cosine']:.3f}), so PCGrad projects nothing "
+                 "and applies their plain sum, and no `GRADIENT_TRANSFORMED` is reported",
+                 verified and pair["cosine"] >= 0)
