@@ -172,8 +172,8 @@ ROWS = (
     ("REGULARIZER_GAP", "warning",
      "Layers of a family left without the regularizer the others carry",
      "most trainable layers of one family (convolutions, dense, embeddings, recurrent) carry a weight regularizer "
-     "and some do not: names them, and what the same regularizer would add on this batch (info when only output "
-     "layers are left out)",
+     "and some do not: names them, and what the same regularizer would add on this batch (not raised when only "
+     "output layers are left out, often on purpose)",
      "Set the regularizer on them too; note the argument's name (`DepthwiseConv2D` takes `depthwise_regularizer`)."),
     ("SAMPLE_WEIGHTS_DILUTE", "warning",
      "Zero sample weights still count in the batch size",

@@ -207,7 +207,8 @@ def check_regularizer_gaps(ctx):
         if len(regularized) < 2 or not missing:
             continue
         whole_classes = not ({m["class"] for m in missing} & {m["class"] for m in regularized})
-        if len(missing) < len(regularized) or whole_classes:
+        # an output layer is often left out on purpose: only layers inside the model make a finding
+        if (len(missing) < len(regularized) or whole_classes) and not all(m["output"] for m in missing):
             yield _gap_finding(ctx, family, members, regularized, missing)
 
 
@@ -222,16 +223,15 @@ def _gap_finding(ctx, family, members, regularized, missing):
         value = sum(float(ctx.rules.regularizer_value(reg, config, w["read"]())) for m in missing for w in m["weights"])
     arguments = sorted({f"{w['argument']}= on {m['class']}" for m in missing for w in m["weights"]})
     outputs = [m for m in missing if m["output"]]
-    level = "info" if len(outputs) == len(missing) else "warning"
     classes = sorted({m["class"] for m in regularized})
     c = ctx.cite("k3_regularizer_skip", "tf_regularizer_added")
-    note = (f" ({len(outputs)} of them produce a model output, which is often left unregularized on purpose)"
-            if outputs else "")
+    note = (f" ({len(outputs)} of them {'produces' if len(outputs) == 1 else 'produce'} a model output, which is "
+            "often left unregularized on purpose)" if outputs else "")
     names = [f"{m['layer']} ({m['class']})" for m in missing]
     return Finding(
-        "REGULARIZER_GAP", level, None,
+        "REGULARIZER_GAP", "warning", None,
         f"{len(regularized)} of {len(members)} trainable {family} layers carry a weight regularizer ({label} on "
-        f"{listed(classes)}), but {len(missing)} do not: {listed(names)}"
+        f"{listed(classes)}), but {len(missing)} {'does' if len(missing) == 1 else 'do'} not: {listed(names)}"
         f"{note}. Keras adds a regularizer only for the weights a layer was given one for ({where(c)}), so "
         f"nothing pulls their weights towards 0. The same {label} on their weights would add {fmt(value)} to the "
         f"loss on this batch. If they are meant to be regularized, set {listed(arguments)}.")

@@ -134,8 +134,17 @@ def check_loss_scale(ctx):
     r = ctx.result
     if r is None or r.decomposition.kind == "keras_default":
         yield _keras_step_scales(ctx, ls)
-    elif any("LossScaleOptimizer" in (o.get("optimizer") or "") for o in r.objectives) and not _scales(ctx, r):
+    elif _loss_scale_optimizer_applies(r) and not _scales(ctx, r):
         yield _skipped(ctx, ls, r)
+
+
+def _loss_scale_optimizer_applies(r) -> bool:
+    """Whether the step's gradients go to a LossScaleOptimizer: one was seen applying them, or the step
+    applies them with the model's own optimizer (`self.optimizer`, `model.optimizer`), which is one."""
+    labels = [o.get("optimizer") or "" for o in r.objectives]
+    texts = [c.optimizer_text for dd in (r.decomposition, r.decomposition.nested) if dd is not None
+             for c in dd.step.optimizer_calls]
+    return any("LossScaleOptimizer" in label for label in labels) or any(t.endswith(".optimizer") for t in texts)
 
 
 def _keras_step_scales(ctx, ls):
