@@ -161,6 +161,12 @@ def test_list_loss_on_dict_outputs_says_what_each_output_got(engine):
     assert number(f.message, "code's order it would be") == pytest.approx(compute_loss(meant, x, y), rel=1e-5)
     check_cited(f.message, "tf_flatten_losses" if engine == "tf_keras" else "k3_pack_list_loss")
     assert not found(analyse(meant, (x, y)), "LIST_LOSS_ON_DICT_OUTPUTS")
+    # a dict `loss` with a list of weights: the weights alone go by the sorted keys
+    weights_only = two_heads(k, {"zeta": "mse", "alpha": "mae"}, [0.3, 0.7])
+    f = one(analyse(weights_only, (x, y)), "LIST_LOSS_ON_DICT_OUTPUTS")
+    assert "'zeta' got mean_squared_error x 0.7 (meant: mean_squared_error x 0.3)" in f.message
+    assert number(f.message, "code's order it would be") == pytest.approx(compute_loss(meant, x, y), rel=1e-5)
+    check_cited(f.message, "tf_flatten_loss_weights" if engine == "tf_keras" else "k3_pack_list_weights")
 
 
 # ---------------------------------------------------------------- sample weights under sum_over_batch_size

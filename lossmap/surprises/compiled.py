@@ -86,9 +86,10 @@ def check_list_loss_on_dict_outputs(ctx):
     f = ctx.facts
     code, flat = f.get("output_code_order"), f.get("output_flat_order")
     losses, weights = f.get("losses"), f.get("loss_weights")
-    lists = [arg for arg, v in (("loss", losses), ("loss_weights", weights)) if isinstance(v, (list, tuple))]
-    if not code or code == flat or not lists:
-        return
+    given = {"loss": losses, "loss_weights": weights}
+    lists = [arg for arg, v in given.items() if isinstance(v, (list, tuple))]
+    if not code or code == flat or not lists or any(len(given[a]) != len(code) for a in lists):
+        return  # a list of another length is ENGINE_DIFF_LOSS_WEIGHTS_VALIDATION's
     by_output = {c.output: c for c in ctx.capture.compiled}
     rows, meant_total = [], 0.0
     for i, out in enumerate(code):
@@ -105,7 +106,8 @@ def check_list_loss_on_dict_outputs(ctx):
     if not rows:
         return
     trained = sum(t.contribution for t in ctx.analysis.terms if t.kind == "compiled")
-    c = ctx.cite("k3_pack_list_loss", "tf_flatten_losses")
+    c = ctx.cite("k3_pack_list_loss", "tf_flatten_losses") if "loss" in lists else \
+        ctx.cite("k3_pack_list_weights", "tf_flatten_loss_weights")
     either = " and ".join(f"`{a}`" for a in lists)
     yield Finding(
         "LIST_LOSS_ON_DICT_OUTPUTS", "warning", None,
@@ -246,7 +248,9 @@ def check_names(ctx):
     """Layer, model and loss names a TensorFlow name scope rejects: `fit` and `evaluate` will fail."""
     from tensorflow.python.framework import ops  # the installed TensorFlow's own patterns
 
-    patterns = {"root": ops._VALID_OP_NAME_REGEX, "nested": ops._VALID_SCOPE_NAME_REGEX}
+    patterns = {"root": getattr(ops, "_VALID_OP_NAME_REGEX", None), "nested": getattr(ops, "_VALID_SCOPE_NAME_REGEX", None)}
+    if None in patterns.values():
+        return  # a TensorFlow that checks names elsewhere: nothing measured to go by
     bad, seen = [], set()
     for what, name, scope in ctx.facts.get("scoped_names") or []:
         # a backslash passes the scope pattern but not TensorFlow's node names (measured: "Node name

@@ -172,10 +172,10 @@ def _keras_step_scales(ctx, ls):
 
 def _scales(ctx, r) -> bool:
     """Whether the step calls what scales its loss for a LossScaleOptimizer (`scale_loss`; tf_keras:
-    `get_scaled_loss` or `minimize`)."""
+    `get_scaled_loss` or `minimize`), or Keras's own `train_step`."""
     import libcst.matchers as m
 
-    names = ctx.facts.get("scale_calls") or ()
+    names = tuple(ctx.facts.get("scale_calls") or ()) + ("train_step",)  # super().train_step scales
     matcher = m.Call(func=m.Attribute(attr=m.OneOf(*[m.Name(n) for n in names]))) if names else None
     return matcher is not None and any(m.findall(st.node, matcher) for _, st in _statements(r.decomposition))
 

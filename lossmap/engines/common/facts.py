@@ -53,7 +53,11 @@ def loss_scale(model, read_scale) -> dict | None:
 def output_layers(model) -> set:
     """Names of the layers that produce the model's outputs (a functional model's)."""
     names = set()
-    for t in getattr(model, "outputs", None) or []:
+    try:
+        outputs = list(model.outputs or [])
+    except Exception:  # noqa: BLE001 - a subclassed model has no symbolic outputs
+        outputs = []
+    for t in outputs:
         hist = getattr(t, "_keras_history", None)
         layer = getattr(hist, "operation", None) or getattr(hist, "layer", None)
         if layer is not None:

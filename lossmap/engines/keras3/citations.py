@@ -73,6 +73,10 @@ def _surprise_specs() -> dict:
             COMPILE_UTILS, "CompileLoss._build_nested",
             [(assign_to("loss", call_attr("tree", "pack_sequence_as", args=[m.Arg(m.Name("y_pred")), m.ZeroOrMore()])),
               "loss = tree.pack_sequence_as(y_pred, loss)")]),
+        "k3_pack_list_weights": (
+            COMPILE_UTILS, "CompileLoss.build",
+            [(assign_to("loss_weights", call_attr("tree", "pack_sequence_as")),
+              "loss_weights = tree.pack_sequence_as(loss, flat_loss_weights)")]),
         "k3_regularizer_skip": (
             LAYER, "Layer._get_regularization_losses",
             [(m.Comparison(left=m.Attribute(value=m.Name("variable"), attr=m.Name("regularizer"))),

@@ -74,6 +74,11 @@ def _surprise_specs() -> dict:
             [(m.Assign(targets=[m.AssignTarget(self_attr("_losses"))],
                        value=m.Call(func=m.Attribute(attr=m.Name("flatten")))),
               "self._losses = tf.nest.flatten(self._losses)")]),
+        "tf_flatten_loss_weights": (
+            COMPILE_UTILS, "LossesContainer.build",
+            [(m.Assign(targets=[m.AssignTarget(self_attr("_loss_weights"))],
+                       value=m.Call(func=m.Attribute(attr=m.Name("flatten")))),
+              "self._loss_weights = tf.nest.flatten(self._loss_weights)")]),
         "tf_regularizer_added": (
             BASE_LAYER, "Layer.add_weight",
             [(call_attr("self", "_handle_weight_regularization"),
