@@ -225,7 +225,8 @@ def test_a_regularizer_that_missed_depthwise_convolutions_is_named(engine):
     model = mobile(k)
     f = one(analyse(model, (x, y)), "REGULARIZER_GAP")
     assert f.level == "warning"
-    assert "3 of 5 trainable convolution layers" in f.message and "dw1 (DepthwiseConv2D), dw2 (DepthwiseConv2D)" in f.message
+    assert "3 of 5 trainable convolution layers" in f.message
+    assert "dw1 (DepthwiseConv2D), dw2 (DepthwiseConv2D)" in f.message
     assert "depthwise_regularizer= on DepthwiseConv2D" in f.message
     fixed = mobile(k, depthwise_regularized=True)
     fixed.set_weights(model.get_weights())
@@ -439,6 +440,13 @@ class Keras3Plain(keras.Model):
         return keras.ops.mean((y - y_pred) ** 2) + keras.ops.sum(self.losses)
 
 
+class Keras3LossObject(keras.Model):
+    mse = keras.losses.MeanSquaredError()  # a mean reduction: it divides by the replicas itself
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return self.mse(y, y_pred) + keras.ops.sum(self.losses)
+
+
 class TfKerasPlain(tf_keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
         return tf.reduce_mean((y - y_pred) ** 2) + tf.add_n(self.losses)
@@ -461,13 +469,14 @@ def plain(m):
 
 out = {}
 for name, k, custom in (("keras3", keras, Keras3Plain), ("tf_keras", tf_keras, TfKerasPlain)):
-    for kind, cls in (("compiled", k.Model), ("custom", custom)):
+    kinds = (("compiled", k.Model), ("custom", custom)) + ((("loss_object", Keras3LossObject),) if k is keras else ())
+    for kind, cls in kinds:
         m = build(k, cls)
         a = lossmap.analyse(m, (x, y), sources=False, gradients=False)
         per = strategy.run(lambda: m.compute_loss(xt, yt, m(xt, training=True)))
         row = {"findings": [[f.code, f.level, f.message] for f in a.findings],
                "replica": [float(v) for v in strategy.experimental_local_results(per)]}
-        if name == "keras3":  # one real fit step of the global batch, 4 samples a replica
+        if name == "keras3" and kind != "loss_object":  # one real fit step of the global batch, 4 samples a replica
             kernel = m.get_layer("out").kernel
             with tf.GradientTape() as tape:
                 loss = plain(m)  # the mean over the global batch (both models' loss is this sum)
@@ -521,6 +530,15 @@ def test_a_plain_mean_in_compute_loss_counts_once_per_replica(replicas, engine):
     if engine == "keras3":
         # Keras's own fit: the kernel moves by twice the gradient of the loss, summed over 2 replicas
         assert row["update_over_sgd"] == pytest.approx([2.0] * 3, rel=1e-3)
+
+
+def test_a_keras3_loss_object_divides_itself_by_the_replicas(replicas):
+    codes = _by_code(replicas["keras3/loss_object"])
+    _, unscaled = codes["UNSCALED_REPLICA_LOSS"]
+    assert "regularizer/out/kernel" in unscaled and "custom/" not in unscaled  # only the raw model.losses read
+    _, scaling = codes["DISTRIBUTION_LOSS_SCALING"]
+    per_replica = replicas["keras3/loss_object"]["replica"][0]  # Keras: mse / 2 + the regularizer
+    assert number(scaling, "the replica differentiates") == pytest.approx(per_replica, rel=1e-5)
 
 
 # ---------------------------------------------------------------- noise that is no longer raised

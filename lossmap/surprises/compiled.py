@@ -248,7 +248,8 @@ def check_names(ctx):
     """Layer, model and loss names a TensorFlow name scope rejects: `fit` and `evaluate` will fail."""
     from tensorflow.python.framework import ops  # the installed TensorFlow's own patterns
 
-    patterns = {"root": getattr(ops, "_VALID_OP_NAME_REGEX", None), "nested": getattr(ops, "_VALID_SCOPE_NAME_REGEX", None)}
+    patterns = {"root": getattr(ops, "_VALID_OP_NAME_REGEX", None),
+                "nested": getattr(ops, "_VALID_SCOPE_NAME_REGEX", None)}
     if None in patterns.values():
         return  # a TensorFlow that checks names elsewhere: nothing measured to go by
     bad, seen = [], set()

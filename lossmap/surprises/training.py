@@ -66,8 +66,8 @@ def _by_scaling(ctx) -> tuple:
         origin = keys.get(id(t), ("keras",))[0]
         if origin in ("losses", "losses_regularizers") or (origin == "addend" and not _through_keras_loss(ctx, t)):
             unscaled.append(t)  # model.losses read by the step itself, or the step's own arithmetic
-        elif t.kind in ("compiled", "custom") and \
-                ((t.config or {}).get("reduction") or ("auto" if ctx.legacy else None)) not in means:
+        elif t.kind == "compiled" and ((t.config or {}).get("reduction") or ("auto" if ctx.legacy else None)) \
+                not in means:
             whole.append(t)
         else:
             scaled.append(t)
@@ -152,16 +152,16 @@ def _keras_step_scales(ctx, ls):
         ctx.analysis.total.reproduced
     s = ls["scale"]
     scaled = f"{fmt(loss)} x {fmt(s)} = {fmt(loss * s)}" if s is not None else "it times that scale"
+    wrapped = f"compile wrapped the optimizer ({ls['inner']}) in a LossScaleOptimizer"
     if ctx.legacy:
-        how = (f"compile wrapped the optimizer ({ls['inner']}) in a LossScaleOptimizer ({where(cite('tf_wrap_loss_scale'))}); "
-               f"train_step hands the loss to its minimize ({where(cite('tf_minimize'))}), which multiplies "
-               f"it by the current loss scale, {fmt(s)}, before the gradient ({where(cite('tf_scaled_loss'))}) "
-               "and divides the gradients by it again (get_unscaled_gradients)")
+        how = (f"{wrapped} ({where(cite('tf_wrap_loss_scale'))}); train_step hands the loss to its minimize "
+               f"({where(cite('tf_minimize'))}), which multiplies it by the current loss scale, {fmt(s)}, before "
+               f"the gradient ({where(cite('tf_scaled_loss'))}) and divides the gradients by it again "
+               "(get_unscaled_gradients)")
     else:
-        how = (f"compile wrapped the optimizer ({ls['inner']}) in a LossScaleOptimizer ({where(cite('k3_wrap_loss_scale'))}); "
-               f"train_step multiplies the loss by its current scale, {fmt(s)}, before the gradient "
-               f"({where(cite('k3_scale_loss'))}), and the optimizer divides the gradients by it again "
-               f"({where(cite('k3_unscale_gradients'))})")
+        how = (f"{wrapped} ({where(cite('k3_wrap_loss_scale'))}); train_step multiplies the loss by its current "
+               f"scale, {fmt(s)}, before the gradient ({where(cite('k3_scale_loss'))}), and the optimizer divides "
+               f"the gradients by it again ({where(cite('k3_unscale_gradients'))})")
     return Finding(
         "MIXED_PRECISION_LOSS_SCALE", "info", None,
         f"the model computes in mixed_float16, so {how}: Keras differentiates {scaled} on this batch, so that "

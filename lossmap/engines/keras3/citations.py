@@ -91,7 +91,8 @@ def _surprise_specs() -> dict:
               "self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), ...)")]),
         "k3_wrap_loss_scale": (
             TRAINER, "Trainer.compile",
-            [(m.Assign(targets=[m.AssignTarget(self_attr("optimizer"))], value=m.Call(func=m.Name("LossScaleOptimizer"))),
+            [(m.Assign(targets=[m.AssignTarget(self_attr("optimizer"))],
+                       value=m.Call(func=m.Name("LossScaleOptimizer"))),
               "self.optimizer = LossScaleOptimizer(self.optimizer, ...)")]),
         "k3_scale_loss": (
             TF_TRAINER, "TensorFlowTrainer.train_step",
