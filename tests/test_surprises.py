@@ -348,13 +348,17 @@ class _TfKerasNoScale(tf_keras.Model):
 
 @pytest.fixture
 def mixed_float16():
+    """Both global dtype policies mixed_float16 for one test, then exactly as they were."""
+    from keras.src.backend.common import global_state
+
+    before = global_state.get_global_attribute("dtype_policy"), tf_keras.mixed_precision.global_policy()
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     tf_keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         yield
     finally:
-        keras.mixed_precision.set_dtype_policy("float32")
-        tf_keras.mixed_precision.set_global_policy("float32")
+        global_state.set_global_attribute("dtype_policy", before[0])
+        tf_keras.mixed_precision.set_global_policy(before[1])
 
 
 def mixed_model(k, cls=None):
