@@ -13,6 +13,7 @@ from lossmap import __version__
 from lossmap import batch as batch_module
 from lossmap import findings as findings_module
 from lossmap import gradients as gradients_module
+from lossmap import surprises
 from lossmap.analysis import Analysis, BatchInfo, Total
 from lossmap.errors import UserError
 from lossmap.finding_groups import group_findings
@@ -230,6 +231,7 @@ def _findings(analysis, eng, m, sig, capture, verification, engine_diffs):
         diffs = engine_diff.differences(analysis, capture, eng.engine_facts(m, sig))
         analysis.findings += engine_diff.as_findings(diffs)
         analysis.engine_comparison = {"differences": diffs, "rows": None}
+    analysis.findings += surprises.findings(analysis, capture, eng, m, sig)
     analysis.findings = group_findings(analysis.findings, analysis)
     if not analysis.state_restored:
         analysis.findings.append(findings_module.Finding(

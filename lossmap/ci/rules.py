@@ -52,6 +52,13 @@ ROWS = (
     ("COMPUTE_LOSS_FAILED", "error",
      "Keras's compute_loss raised", "Keras's own `compute_loss` raised",
      "The message quotes the exception; the model would fail the same way in `fit`."),
+    ("NAME_BREAKS_FIT", "error",
+     "A name that fit and evaluate will reject",
+     "a layer, model or loss name has characters a TensorFlow name scope rejects (a space, a quote, `<`, `=`, "
+     "...): lossmap runs eagerly, but `fit` and `evaluate` trace their step and fail (names the offenders, cites "
+     "the check in the installed TensorFlow)",
+     "Rename them as the finding suggests (letters, digits and `_ . - >` only); dict output keys and metric "
+     "names may keep any characters."),
     ("STATE_NOT_RESTORED", "error",
      "The model's state was not restored (a lossmap bug)",
      "the model's state could not be restored bit for bit (a lossmap bug)",
@@ -142,6 +149,54 @@ ROWS = (
      "Several losses, one optimizer each",
      "custom training code differentiates more than one loss, one optimizer each (see `objectives`): the shared "
      "variables, and their first update as written next to one optimizer on the summed loss", _CUSTOM_HELP),
+    # ---- where Keras changes the loss without an error (lossmap.surprises)
+    ("SAMPLE_WEIGHT_ON_TIMESTEPS", "error",
+     "Per-sample weights applied to time steps",
+     "sample weights of shape (batch,) on a loss of shape (batch, time): with batch == time Keras 3 broadcasts "
+     "them along time, so weight j scales step j of every sample (the value trained on and the value with rows "
+     "weighted); info on tf_keras, which weights rows, saying what Keras 3 would do",
+     "Pass the weights with shape (batch, 1) (`sample_weight[:, None]`): both engines then weight whole samples."),
+    ("LOSS_SCALE_SKIPPED", "error",
+     "A custom step skips the loss scale its optimizer divides by",
+     "mixed precision: a custom training step hands its gradients to a `LossScaleOptimizer` without scaling the "
+     "loss: Keras 3 divides them by the dynamic scale all the same (warning on tf_keras, which applies them as "
+     "given, unprotected from float16 underflow)",
+     "Inside the tape, `loss = self.optimizer.scale_loss(loss)` before `tape.gradient` (tf_keras: "
+     "`get_scaled_loss`, then `get_unscaled_gradients`)."),
+    ("LIST_LOSS_ON_DICT_OUTPUTS", "warning",
+     "A loss list paired with dict outputs in sorted-key order",
+     "dict outputs with a list `loss` or `loss_weights`: Keras pairs the list with the outputs' sorted keys, not "
+     "with the order the code wrote them; says which loss and weight each output really got, and the loss paired "
+     "in the code's order",
+     "Give `loss` and `loss_weights` as dicts keyed by output name."),
+    ("UNSCALED_REPLICA_LOSS", "warning",
+     "A loss term the replicas count N times",
+     "custom training code under a tf.distribute strategy with N replicas: terms the code computes itself (a "
+     "plain mean, `model.losses` read directly) are not divided by N, so the summed gradient counts them N times",
+     "Divide them by `self.distribute_strategy.num_replicas_in_sync`, or let Keras compute them "
+     "(`super().compute_loss`, a `keras.losses.Loss`)."),
+    ("REGULARIZER_GAP", "warning",
+     "Layers of a family left without the regularizer the others carry",
+     "most trainable layers of one family (convolutions, dense, embeddings, recurrent) carry a weight regularizer "
+     "and some do not: names them, and what the same regularizer would add on this batch (not raised when only "
+     "output layers are left out, often on purpose)",
+     "Set the regularizer on them too; note the argument's name (`DepthwiseConv2D` takes `depthwise_regularizer`)."),
+    ("SAMPLE_WEIGHTS_DILUTE", "warning",
+     "Zero sample weights still count in the batch size",
+     "`sum_over_batch_size` with sample weights that are zero (warning) or not uniform (info): the weighted sum is "
+     "divided by the number of entries, not by the weights' sum (both values given)",
+     "Keras 3: `reduction='mean_with_sample_weight'` divides by the weights' sum; tf_keras: normalise the weights "
+     "per batch."),
+    ("DISTRIBUTION_LOSS_SCALING", "info",
+     "How the loss is divided over the replicas",
+     "the model's tf.distribute strategy has more than one replica: where Keras divides the loss by the replica "
+     "count and multiplies the logs back, and what each replica differentiates on this batch",
+     "Nothing to do for losses Keras computes; see `UNSCALED_REPLICA_LOSS` for those your code computes."),
+    ("MIXED_PRECISION_LOSS_SCALE", "info",
+     "The loss is multiplied by a loss scale under mixed_float16",
+     "the optimizer is a `LossScaleOptimizer` (compile adds one under `mixed_float16`): Keras's step multiplies "
+     "the loss by the dynamic scale before the gradient and divides the gradients back (the scaled value given)",
+     "Nothing to do; a custom step must scale its loss itself (see `LOSS_SCALE_SKIPPED`)."),
     # ---- how Keras adds this model's loss
     ("ADD_LOSS_NON_SCALAR", "warning",
      "add_loss of a non-scalar tensor",

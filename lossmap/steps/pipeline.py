@@ -10,6 +10,7 @@ import math
 from lossmap import __version__
 from lossmap import findings as findings_module
 from lossmap import gradients as gradients_module
+from lossmap import surprises
 from lossmap.analysis import Analysis, BatchInfo, Finding, Total
 from lossmap.engines.base import Capture
 from lossmap.finding_groups import group_findings
@@ -130,6 +131,7 @@ def _findings(analysis, eng, model, result, state) -> list:
     if analysis.gradients is not None:
         out += step_findings.gradient_findings(analysis, result, model)
     out += step_findings.collect(analysis, eng, model, result)
+    out += surprises.findings(analysis, merged, eng, model, result=result)
     out = group_findings(out, analysis)
     if not analysis.state_restored:
         out.append(Finding("STATE_NOT_RESTORED", "error", None,
