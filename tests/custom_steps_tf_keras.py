@@ -101,3 +101,25 @@ class MinimizingModel(PhysicsModel):
 
 def minimizing():
     return _build(MinimizingModel)
+
+
+def with_dropout():
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input(shape=(4,), name="x")
+    h = keras.layers.Dense(5, activation="tanh", kernel_regularizer=keras.regularizers.L2(1e-2), name="hidden")(inputs)
+    h = keras.layers.Dropout(0.5, name="drop")(h)
+    return keras.Model(inputs, keras.layers.Dense(2, name="out")(h), name="with_dropout")
+
+
+sgd = keras.optimizers.SGD(learning_rate=0.1)
+mse = keras.losses.MeanSquaredError()
+
+
+def hand_written_step(model, x, y):
+    """A tf_keras training loop's step that forgets training=True and model.losses."""
+    with tf.GradientTape() as tape:
+        pred = model(x)
+        loss = mse(y, pred)
+    grads = tape.gradient(loss, model.trainable_weights)
+    sgd.apply_gradients(zip(grads, model.trainable_weights))
+    return loss

@@ -234,6 +234,7 @@ def test_cli_step_finds_the_model_in_the_modules_globals(tmp_path):
     (["--step", "no_such_file.py:train_step"], "no such file"),
     (["--step", f"{STEPS}:step_adds_losses"], "give MODEL"),
     (["--step", "lossmap.examples.custom_loop:optimizer"], "not a function"),
+    (["--step", f"{STEPS}:from_a_string", f"{STEPS}:mlp"], "cannot be read"),
 ])
 def test_cli_bad_steps_are_one_line_exit_2(args, needle, capsys):
     from lossmap.cli import main

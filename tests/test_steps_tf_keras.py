@@ -67,3 +67,14 @@ def test_optimizer_minimize_with_a_tape_is_an_objective():
     _, r = analyse(ts.minimizing)
     assert sorted(t.kind for t in r.terms) == ["compiled", "custom", "weight_regularizer"]
     assert r.total.verified and r.total.gradients_verified and r.state_restored
+
+
+def test_a_hand_written_tf_keras_step_and_its_mistakes():
+    import lossmap
+
+    model = ts.with_dropout()
+    r = lossmap.analyse(model, ts.batch(), step=ts.hand_written_step)
+    assert r.model.engine == "tf_keras" and [t.kind for t in r.terms] == ["custom"]
+    codes = {f.code for f in r.findings}
+    assert {"MODEL_LOSSES_IGNORED", "TRAINING_FLAG_MISSING"} <= codes
+    assert r.total.verified and r.total.gradients_verified and r.state_restored
