@@ -7,10 +7,10 @@ Synthetic batches are seeded and give each loss the labels it expects.
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
+from lossmap import limits
 from lossmap.engines.base import Batch, Signature
 from lossmap.errors import UserError
 
@@ -79,27 +79,87 @@ def synthetic_labels(rng, pred_shape, pred_dtype, loss_fn):
     return rng.standard_normal(pred_shape).astype(dtype)
 
 
+NPZ_FIX = "save the batch again with numpy.savez"
+
+
+def read_npz(path: str, load: bool = True):
+    """{key: array} of a NumPy `.npz` batch, read without pickle and within `lossmap.limits`.
+
+    Every member's declared size and .npy header (shape, dtype) is checked before any
+    array is read; `load=False` stops there (a check that costs next to nothing).
+    """
+    name = os.path.basename(path)
+    label = f"--data {name}"
+    if not os.path.exists(path):
+        raise UserError(f"{label}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{label} is a directory; give a .npz file saved with numpy.savez")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic == limits.NPY_MAGIC:
+        raise UserError(f"{label}: a single .npy array; lossmap needs an .npz with keys x and y")
+    if magic[:2] != b"PK":
+        raise UserError(f"{label}: not a NumPy .npz file (a zip of arrays); save plain arrays with numpy.savez")
+    with limits.open_zip(path, label, NPZ_FIX) as zf:
+        members = _npz_headers(zf, path, label)
+        total = sum(limits.npy_bytes(dtype, shape) for _, _, dtype, shape, _, _ in members)
+        if total > limits.BATCH_MAX_BYTES:
+            raise UserError(f"{label}: its arrays need {limits.size_text(total)}, over lossmap's limit of "
+                            f"{limits.size_text(limits.BATCH_MAX_BYTES)} for one batch; pass a smaller batch")
+        if not load:
+            return None
+        return {key: _npy_data(zf, info, dtype, shape, fortran, start, label)
+                for key, info, dtype, shape, fortran, start in members}
+
+
+def _npz_headers(zf, path, label):
+    """[(key, member, dtype, shape, fortran_order, data offset)], each header checked against its member's size."""
+    out, keys = [], set()
+    for info in limits.check_members(zf, path, label, NPZ_FIX):
+        if info.is_dir():
+            continue
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        shown = limits.shown(key)
+        if key in keys:
+            raise UserError(f"{label}: two members are named '{shown}'; {NPZ_FIX}")
+        keys.add(key)
+        head = _read_some(zf, info, min(info.file_size, limits.NPY_MAX_HEADER_BYTES + 12), label)
+        dtype, shape, fortran, start = limits.npy_header(head, f"{label}: '{shown}'", NPZ_FIX)
+        if dtype.hasobject:
+            raise UserError(f"{label}: '{shown}' holds pickled objects (lossmap never unpickles); "
+                            "save plain arrays with numpy.savez")
+        if dtype.kind not in "biuf":
+            raise UserError(f"{label}: '{shown}' has dtype {dtype}; it must be numeric")
+        nbytes = limits.npy_bytes(dtype, shape)
+        if start + nbytes != info.file_size:
+            raise UserError(f"{label}: '{shown}' declares shape {shape} of {dtype} ({limits.size_text(nbytes)}) but "
+                            f"holds {limits.size_text(max(info.file_size - start, 0))}; the file is damaged: {NPZ_FIX}")
+        out.append((key, info, dtype, shape, fortran, start))
+    return out
+
+
+def _read_some(zf, info, n, label):
+    try:
+        with zf.open(info) as fh:
+            return fh.read(n)
+    except limits.ZIP_ERRORS as exc:
+        raise UserError(f"{label} is damaged (member '{limits.shown(info.filename)}': {type(exc).__name__}); "
+                        f"{NPZ_FIX}") from exc
+
+
+def _npy_data(zf, info, dtype, shape, fortran, start, label):
+    """One array, read straight into its buffer: never more bytes than its header declared (checked)."""
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    flat = np.empty(count, dtype=dtype)
+    buf = flat.view(np.uint8) if flat.nbytes else None
+    limits.read_member(zf, info, label, NPZ_FIX, keep=False, sink=buf, skip=start)
+    arr = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
+    return arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
+
+
 def from_file(path: str, sig: Signature) -> Batch:
     name = os.path.basename(path)
-    if not os.path.exists(path):
-        raise UserError(f"--data {path}: no such file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise UserError(f"--data {name}: not a NumPy .npz file, or it holds pickled objects "
-                        "(lossmap never unpickles); save plain arrays with numpy.savez") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise UserError(f"--data {name}: cannot be read as a NumPy .npz file ({type(exc).__name__})") from exc
-    if not hasattr(archive, "files"):
-        raise UserError(f"--data {name}: a single .npy array; lossmap needs an .npz with keys x and y")
-    with archive:
-        try:
-            arrays = {k: archive[k] for k in archive.files}
-        except ValueError as exc:
-            raise UserError(f"--data {name}: holds pickled objects (lossmap never unpickles); "
-                            "save plain arrays with numpy.savez") from exc
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise UserError(f"--data {name}: damaged .npz file ({type(exc).__name__})") from exc
+    arrays = read_npz(path)
     x = _pick(arrays, "x", [s.name for s in sig.inputs], name, required=True)
     y = _pick(arrays, "y", [s.name for s in sig.outputs], name, required=True,
               optional_names={s.name for s in sig.outputs if s.loss_fn is None})

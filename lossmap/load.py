@@ -11,16 +11,20 @@ means tf_keras), or, when the file does not say, `TF_USE_LEGACY_KERAS=1`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 import types
+import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from lossmap import limits
 from lossmap.engines import engine_of, make_engine
 from lossmap.errors import UserError
 from lossmap.quiet import import_tensorflow
@@ -40,8 +44,21 @@ class Loaded:
     engine_reason: Optional[str] = None  # why this engine explains the model, in words
 
 
+KERAS_FIX = "save the model again with model.save('model.keras')"
+H5_FIX = "save the model again (model.save('model.h5') with tf_keras, or model.save('model.keras'))"
+# Members lossmap reads itself, and the most each may inflate to (see lossmap/limits.py).
+ARCHIVE_JSON = {
+    "config.json": (limits.CONFIG_MAX_BYTES, "a model config"),
+    "metadata.json": (limits.METADATA_MAX_BYTES, "Keras's metadata"),
+}
+
+
 def archive_metadata(path: str) -> dict:
-    """Read a `.keras` archive's metadata without Keras, checking that it is one."""
+    """Read a `.keras` archive's metadata without Keras, checking that it is one.
+
+    Everything Keras will read is checked first, within `lossmap.limits`: declared and
+    actual sizes, checksums, and config.json and metadata.json as JSON.
+    """
     name = os.path.basename(path)
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file; give a .keras archive or a factory file.py:function")
@@ -57,24 +74,37 @@ def archive_metadata(path: str) -> dict:
                                 "again with model.save('model.keras')")
         raise UserError(f"{name} is not a .keras archive (not a zip file); save the model with "
                         "model.save('model.keras')")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if "config.json" not in names:
-                raise UserError(f"{name} is a zip file but not a Keras archive (no config.json inside); "
-                                "save the model with model.save('model.keras')")
-            bad = zf.testzip()
-            if bad is not None:
-                raise UserError(f"{name} is damaged ({bad} fails its checksum); save the model again")
-            meta = {}
-            if "metadata.json" in names:
-                meta = json.loads(zf.read("metadata.json").decode("utf-8"))
-            json.loads(zf.read("config.json").decode("utf-8"))
-            return meta
-    except UserError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{name} is truncated or damaged ({type(exc).__name__}); save the model again") from exc
+    with limits.open_zip(path, name, KERAS_FIX) as zf:
+        infos = {i.filename: i for i in limits.check_members(zf, path, name, KERAS_FIX, ARCHIVE_JSON)}
+        if "config.json" not in infos:
+            raise UserError(f"{name} is a zip file but not a Keras archive (no config.json inside); "
+                            "save the model with model.save('model.keras')")
+        read = {}
+        for member, info in infos.items():  # every member inflated once, checksums checked
+            cap = ARCHIVE_JSON.get(member, (None,))[0]
+            read[member] = limits.read_member(zf, info, name, KERAS_FIX, keep=cap is not None, cap=cap)
+    config = limits.parse_json(read["config.json"], f"{name}: config.json", KERAS_FIX)
+    if not isinstance(config, dict):
+        raise UserError(f"{name}: config.json holds {_json_kind(config)}, not a model config; {KERAS_FIX}")
+    if "metadata.json" not in read:
+        return {}
+    return _checked_metadata(limits.parse_json(read["metadata.json"], f"{name}: metadata.json", KERAS_FIX), name)
+
+
+def _checked_metadata(meta, name) -> dict:
+    """metadata.json as lossmap uses it: an object whose keras_version, when there, is a version string."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{name}: metadata.json holds {_json_kind(meta)}, not Keras's metadata; {KERAS_FIX}")
+    version = meta.get("keras_version")
+    if version is not None and not (isinstance(version, str) and limits.VERSION_PATTERN.fullmatch(version)):
+        raise UserError(f"{name}: metadata.json gives keras_version {limits.shown(json.dumps(version), 40)}, not a "
+                        f"version string; {KERAS_FIX}")
+    return meta
+
+
+def _json_kind(value) -> str:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def import_modules(modules):
@@ -185,6 +215,15 @@ def h5_metadata(path: str) -> dict:
     if "model_config" not in attrs:
         raise UserError(f"{name} holds weights only (no model config in the HDF5 file); lossmap needs the whole "
                         "model: save it with model.save('model.h5') (tf_keras) or model.save('model.keras')")
+    config = attrs["model_config"]
+    if len(config) > limits.CONFIG_MAX_BYTES:
+        raise UserError(f"{name}: its model config is {limits.size_text(len(config))}, over lossmap's limit of "
+                        f"{limits.size_text(limits.CONFIG_MAX_BYTES)} for a model config; {H5_FIX}")
+    if not isinstance(limits.parse_json(config.encode("utf-8"), f"{name}: the model config", H5_FIX), dict):
+        raise UserError(f"{name}: its model config is not a JSON object; {H5_FIX}")
+    version = attrs.get("keras_version")
+    if version is not None and not limits.VERSION_PATTERN.fullmatch(version):
+        raise UserError(f"{name}: keras_version {limits.shown(version, 40)} is not a version string; {H5_FIX}")
     return {"format": "h5", "keras_version": attrs.get("keras_version"), "backend": attrs.get("backend")}
 
 
@@ -259,8 +298,49 @@ def load(model, *, imports=(), unsafe=False, engine="auto", keras_module=None) -
         return Loaded(built, eng, spec, None, owned=True, engine_reason=eng.reason)
     meta = archive_metadata(spec)
     eng = choose_engine(engine, meta)
-    loaded = eng.load_archive(spec, safe_mode=not unsafe)
+    with held_back():  # what Keras warns about a file it then refuses is said by the one-line error
+        loaded = eng.load_archive(spec, safe_mode=not unsafe)
     return Loaded(loaded, eng, spec, meta.get("keras_version"), owned=True, engine_reason=eng.reason)
+
+
+class _Holder(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        if all(r is not record for r in self.records):  # a record that reached several handler lists
+            self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_back():
+    """Python warnings and log records of the body: shown when it succeeds, dropped when it raises.
+
+    Keras warns about a damaged file (weights it skips, containers it cannot match)
+    before it refuses it; the refusal is then one line that says what is wrong.
+    """
+    holder = _Holder()
+    loggers = [logging.root] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                if isinstance(lg, logging.Logger) and lg.handlers]
+    saved = [(lg, lg.handlers) for lg in loggers]
+    last_resort = logging.lastResort
+    with warnings.catch_warnings(record=True) as caught:
+        for lg, _ in saved:
+            lg.handlers = [holder] if lg.handlers or lg is logging.root else []
+        logging.lastResort = holder
+        try:
+            yield
+        finally:
+            for lg, handlers in saved:
+                lg.handlers = handlers
+            logging.lastResort = last_resort
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    if holder.records and not logging.root.handlers and any(r.name == "absl" for r in holder.records):
+        logging.basicConfig()  # what absl.logging does before its first record; the hold kept it from it
+    for record in holder.records:
+        logging.getLogger(record.name).handle(record)
 
 
 def _looks_like_model(obj) -> bool:
