@@ -139,11 +139,37 @@ def explain_load_error(path, exc) -> str:
         return (f"{name} uses a custom {missing.group(1)} '{missing.group(2)}'{where} that Keras does not know; "
                 f"import the module that defines and registers it with {how} (a module name or path/to/file.py), "
                 "or load the model through a factory file.py:function")
+    mismatch = weights_mismatch(text)
+    if mismatch:
+        variable, want, got = mismatch
+        layer = variable.rpartition("/")[0] or variable
+        return (f"{name}: layer '{layer}' does not match its saved weights: {variable} is {want} in the model's "
+                f"config but {got} in its weights file (config and weights of different models); save the model "
+                "again with model.save()")
     if "Could not locate" in text or "Unknown" in text and ("layer" in text or "object" in text or "loss" in text):
         first = one_line(exc)
         return (f"{name} uses a custom object Keras does not know ({first}); register it with "
                 "--import MODULE (the module that defines it) or load through a factory file.py:function")
     return f"could not load {name} as a Keras 3 model: {one_line(exc)}"
+
+
+# How Keras 3 and tf_keras say that a saved weight has another shape than the variable the config built.
+_MISMATCH = (
+    re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))\. "
+               r"Target variable: <Variable path=([^,>]+)"),
+    re.compile(r"Cannot assign value to variable '\s*([^':]+)(?::\d+)?': Shape mismatch\.\s*The variable shape "
+               r"(\([^)]*\)), and the assigned value shape (\([^)]*\))"),
+)
+
+
+def weights_mismatch(text):
+    """(variable path, shape in the model, shape saved) when `text` is a loading error about a weight's shape."""
+    keras3, tf_keras = (p.search(text) for p in _MISMATCH)
+    if keras3:
+        return keras3.group(3).strip(), keras3.group(1), keras3.group(2)
+    if tf_keras:
+        return tf_keras.group(1).strip(), tf_keras.group(2), tf_keras.group(3)
+    return None
 
 
 def shared_facts(engine, sig) -> dict:
