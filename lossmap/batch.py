@@ -6,6 +6,7 @@ Synthetic batches are seeded and give each loss the labels it expects.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -20,6 +21,7 @@ DEFAULT_UNKNOWN_DIM = 4  # a non-batch dimension the model leaves open (sequence
 def synthetic(sig: Signature, batch_size: int = 8, seed: int = 0) -> Batch:
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    _within_batch_limit(sig, batch_size)
     rng = np.random.default_rng(seed)
     x = {}
     for spec in sig.inputs:
@@ -29,6 +31,24 @@ def synthetic(sig: Signature, batch_size: int = 8, seed: int = 0) -> Batch:
     for spec in sig.outputs:
         y[spec.name] = synthetic_labels(rng, _concrete(spec.shape, batch_size), spec.dtype, spec.loss_fn)
     return Batch(x=x, y=y, sample_weight={}, source="synthetic", seed=seed)
+
+
+def _within_batch_limit(sig: Signature, batch_size: int):
+    """Refuse a synthetic batch bigger than `limits.BATCH_MAX_BYTES` before any of it is made."""
+    total, biggest = 0, None
+    for spec in list(sig.inputs) + list(sig.outputs):
+        try:
+            n = math.prod(_concrete(spec.shape, batch_size)) * max(np.dtype(spec.dtype).itemsize, 4)
+        except (TypeError, ValueError):
+            continue  # a dtype NumPy does not know: _random_input says so
+        total += n
+        if biggest is None or n > biggest[1]:
+            biggest = (spec.name, n, spec.shape)
+    if total > limits.BATCH_MAX_BYTES:
+        name, n, shape = biggest
+        raise UserError(f"a synthetic batch of {batch_size} needs {limits.size_text(total)} ('{limits.shown(name)}' "
+                        f"{_fmt_shape(shape)} alone {limits.size_text(n)}), over lossmap's limit of "
+                        f"{limits.size_text(limits.BATCH_MAX_BYTES)} for one batch; pass a smaller --batch-size")
 
 
 def _concrete(shape, batch_size):
@@ -68,7 +88,9 @@ def synthetic_labels(rng, pred_shape, pred_dtype, loss_fn):
         return rng.integers(0, max(classes, 1), size=pred_shape[:-1]).astype("int32")
     if kind == "onehot":
         idx = rng.integers(0, max(classes, 1), size=pred_shape[:-1])
-        return np.eye(max(classes, 1), dtype=dtype)[idx]
+        onehot = np.zeros(np.shape(idx) + (max(classes, 1),), dtype=dtype)  # np.eye(classes)[idx], without
+        np.put_along_axis(onehot, np.expand_dims(idx, -1), 1, axis=-1)    # the classes x classes matrix
+        return onehot
     if kind == "binary":
         return rng.integers(0, 2, size=pred_shape).astype(dtype)
     if kind == "distribution":

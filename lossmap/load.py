@@ -11,20 +11,17 @@ means tf_keras), or, when the file does not say, `TF_USE_LEGACY_KERAS=1`.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import json
-import logging
 import os
 import sys
 import types
-import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lossmap import limits
+from lossmap import guards, limits
 from lossmap.engines import engine_of, make_engine
 from lossmap.errors import UserError
 from lossmap.quiet import import_tensorflow
@@ -86,9 +83,11 @@ def archive_metadata(path: str) -> dict:
     config = limits.parse_json(read["config.json"], f"{name}: config.json", KERAS_FIX)
     if not isinstance(config, dict):
         raise UserError(f"{name}: config.json holds {_json_kind(config)}, not a model config; {KERAS_FIX}")
-    if "metadata.json" not in read:
-        return {}
-    return _checked_metadata(limits.parse_json(read["metadata.json"], f"{name}: metadata.json", KERAS_FIX), name)
+    meta = {}
+    if "metadata.json" in read:
+        meta = _checked_metadata(limits.parse_json(read["metadata.json"], f"{name}: metadata.json", KERAS_FIX), name)
+    weights = sum(info.file_size for member, info in infos.items() if member.startswith("model.weights."))
+    return {**meta, "weights_bytes": weights}
 
 
 def _checked_metadata(meta, name) -> dict:
@@ -224,7 +223,8 @@ def h5_metadata(path: str) -> dict:
     version = attrs.get("keras_version")
     if version is not None and not limits.VERSION_PATTERN.fullmatch(version):
         raise UserError(f"{name}: keras_version {limits.shown(version, 40)} is not a version string; {H5_FIX}")
-    return {"format": "h5", "keras_version": attrs.get("keras_version"), "backend": attrs.get("backend")}
+    return {"format": "h5", "keras_version": attrs.get("keras_version"), "backend": attrs.get("backend"),
+            "weights_bytes": os.path.getsize(path)}
 
 
 def _attr_text(value):
@@ -298,49 +298,26 @@ def load(model, *, imports=(), unsafe=False, engine="auto", keras_module=None) -
         return Loaded(built, eng, spec, None, owned=True, engine_reason=eng.reason)
     meta = archive_metadata(spec)
     eng = choose_engine(engine, meta)
-    with held_back():  # what Keras warns about a file it then refuses is said by the one-line error
-        loaded = eng.load_archive(spec, safe_mode=not unsafe)
+    loaded = load_archive(eng, spec, meta, safe_mode=not unsafe)
     return Loaded(loaded, eng, spec, meta.get("keras_version"), owned=True, engine_reason=eng.reason)
 
 
-class _Holder(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.records = []
+def load_archive(eng, path: str, meta: dict, safe_mode: bool = True):
+    """`eng.load_archive(path)` within lossmap's guards (`lossmap.guards`).
 
-    def emit(self, record):
-        if all(r is not record for r in self.records):  # a record that reached several handler lists
-            self.records.append(record)
-
-
-@contextlib.contextmanager
-def held_back():
-    """Python warnings and log records of the body: shown when it succeeds, dropped when it raises.
-
-    Keras warns about a damaged file (weights it skips, containers it cannot match)
-    before it refuses it; the refusal is then one line that says what is wrong.
+    The variables the config makes Keras create are bounded by the weights the file
+    holds (`meta["weights_bytes"]`, from `archive_metadata`), and what Keras warns about
+    a file it then refuses is left to the one-line error.
     """
-    holder = _Holder()
-    loggers = [logging.root] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                if isinstance(lg, logging.Logger) and lg.handlers]
-    saved = [(lg, lg.handlers) for lg in loggers]
-    last_resort = logging.lastResort
-    with warnings.catch_warnings(record=True) as caught:
-        for lg, _ in saved:
-            lg.handlers = [holder] if lg.handlers or lg is logging.root else []
-        logging.lastResort = holder
+    budget = guards.VariableBudget(path, meta.get("weights_bytes"))
+    with guards.held_back(), budget.watching(eng.name):
         try:
-            yield
-        finally:
-            for lg, handlers in saved:
-                lg.handlers = handlers
-            logging.lastResort = last_resort
-    for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
-    if holder.records and not logging.root.handlers and any(r.name == "absl" for r in holder.records):
-        logging.basicConfig()  # what absl.logging does before its first record; the hold kept it from it
-    for record in holder.records:
-        logging.getLogger(record.name).handle(record)
+            model = eng.load_archive(path, safe_mode=safe_mode)
+        except UserError as exc:
+            budget.check(exc)
+            raise
+    budget.check()
+    return model
 
 
 def _looks_like_model(obj) -> bool:

@@ -1,0 +1,141 @@
+"""What lossmap does around Keras's own loading of a file it has checked (`lossmap.limits`).
+
+A config can declare layers far bigger than the weights saved next to it
+(`"units": 134217728` costs Keras 14 s and 7.6 GB before it finds that the saved
+kernel has another shape). `VariableBudget` counts the bytes of every variable
+Keras is about to create while it loads, before the variable's initial value is
+computed, and stops the load once they pass what the file's weights can account
+for. `held_back` keeps Keras's warnings about a file it then refuses off the
+terminal: the one-line error says what is wrong.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import warnings
+
+from lossmap import limits
+from lossmap.errors import UserError
+
+# Bytes of variables a load may create per byte of saved weights: every weight once,
+# and up to 3 optimizer slots per trainable weight (Adam with amsgrad), which Keras 3's
+# compile_from_config builds while loading; twice that for margin (an h5 file also
+# stores names and attributes, so it is never smaller than the weights it holds).
+VARIABLE_BYTES_PER_WEIGHT_BYTE = 8
+# What any load may create whatever the file holds (metrics, seed states, small models).
+VARIABLE_BYTES_FLOOR = 256 * limits.MiB
+
+
+class VariableBudget:
+    """The bytes of variables Keras may create while loading `path` (see the module docstring)."""
+
+    def __init__(self, path: str, weights_bytes):
+        self.name = os.path.basename(path)
+        self.weights_bytes = weights_bytes or 0
+        self.limit = max(VARIABLE_BYTES_FLOOR, VARIABLE_BYTES_PER_WEIGHT_BYTE * self.weights_bytes)
+        self.spent = 0
+        self.over = None  # the message, once the limit is passed
+
+    def add(self, shape, dtype, variable):
+        """Count a variable about to be created; raise once the budget is spent (before it is allocated)."""
+        if self.over is None:
+            try:
+                dims = [int(d) for d in shape]
+                size = int(_dtype_size(dtype))
+            except (TypeError, ValueError):  # an unknown dimension or dtype: Keras will say so itself
+                return
+            self.spent += math.prod(max(d, 0) for d in dims) * size
+            if self.spent <= self.limit:
+                return
+            self.over = (f"{self.name}: its config declares more variables than its weights can fill: "
+                         f"{limits.shown(variable, 60)} of shape {tuple(dims)} brings them to "
+                         f"{limits.size_text(self.spent)}, for saved weights of "
+                         f"{limits.size_text(self.weights_bytes)} (lossmap builds at most "
+                         f"{limits.size_text(self.limit)}); save the model again with model.save()")
+        raise UserError(self.over)
+
+    def check(self, cause=None):
+        """Refuse with the budget's own message when it was passed (Keras may have wrapped or swallowed it)."""
+        if self.over is not None:
+            raise UserError(self.over) from cause
+
+    @contextlib.contextmanager
+    def watching(self, engine: str):
+        """Count every variable created in the body: TensorFlow variables that say their shape
+        (tf_keras), and Keras 3 variables before their initializer runs."""
+        import tensorflow as tf
+
+        def creator(next_creator, **kwargs):
+            if kwargs.get("shape") is not None and kwargs.get("dtype") is not None:
+                self.add(kwargs["shape"], kwargs["dtype"], kwargs.get("name") or "a variable")
+            return next_creator(**kwargs)
+
+        cls = original = None
+        if engine == "keras3":
+            import keras
+
+            # the class that defines it (the backend's Variable, under keras.Variable): every variable gets it
+            cls = next((c for c in keras.Variable.__mro__ if "_initialize_with_initializer" in c.__dict__), None)
+            original = cls and cls.__dict__["_initialize_with_initializer"]
+        if original is not None:
+            budget = self
+
+            def counted(variable, initializer):
+                budget.add(variable._shape, variable._dtype, getattr(variable, "path", None) or "a variable")
+                return original(variable, initializer)
+
+            cls._initialize_with_initializer = counted
+        try:
+            with tf.variable_creator_scope(creator):
+                yield self
+        finally:
+            if original is not None:
+                cls._initialize_with_initializer = original
+
+
+def _dtype_size(dtype) -> int:
+    import tensorflow as tf
+
+    return tf.as_dtype(getattr(dtype, "name", dtype)).size
+
+
+class _Holder(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        if all(r is not record for r in self.records):  # a record that reached several handler lists
+            self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_back():
+    """Python warnings and log records of the body: shown when it succeeds, dropped when it raises.
+
+    Keras warns about a damaged file (weights it skips, containers it cannot match)
+    before it refuses it; the refusal is then one line that says what is wrong.
+    """
+    holder = _Holder()
+    loggers = [logging.root] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                if isinstance(lg, logging.Logger) and lg.handlers]
+    saved = [(lg, lg.handlers) for lg in loggers]
+    last_resort = logging.lastResort
+    with warnings.catch_warnings(record=True) as caught:
+        for lg, _ in saved:
+            lg.handlers = [holder]
+        logging.lastResort = holder
+        try:
+            yield
+        finally:
+            for lg, handlers in saved:
+                lg.handlers = handlers
+            logging.lastResort = last_resort
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    if holder.records and not logging.root.handlers and any(r.name == "absl" for r in holder.records):
+        logging.basicConfig()  # what absl.logging does before its first record; the hold kept it from it
+    for record in holder.records:
+        logging.getLogger(record.name).handle(record)
