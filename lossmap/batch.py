@@ -242,11 +242,14 @@ def _validate(batch: Batch, sig: Signature, file_name: str):
         if not _labels_fit(arr.shape, want, sparse):
             raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape} but output '{spec.name}' "
                             f"needs {_fmt_shape(want)}" + (" (integer class ids)" if sparse else ""))
+        if sparse:
+            _check_class_ids(arr, key, file_name, spec)
         sizes[key] = arr.shape[0] if arr.ndim else None
     for out_name, arr in batch.sample_weight.items():
         key = "sample_weight" if len(sig.outputs) == 1 else f"sample_weight/{out_name}"
         _check_dtype(arr, key, file_name, "float32")
-        if arr.ndim == 0 or arr.ndim > len(batch.y[out_name].shape):
+        y_shape = batch.y[out_name].shape
+        if arr.ndim == 0 or arr.ndim > len(y_shape) or any(d not in (1, y) for d, y in zip(arr.shape[1:], y_shape[1:])):
             raise UserError(f"--data {file_name}: '{key}' has shape {arr.shape}; give one weight per sample, "
                             f"shape ({batch.y[out_name].shape[0]},)")
         sizes[key] = arr.shape[0]
@@ -254,6 +257,27 @@ def _validate(batch: Batch, sig: Signature, file_name: str):
         listed = ", ".join(f"'{k}' has {'no batch axis' if n is None else n}" for k, n in sizes.items())
         raise UserError(f"--data {file_name}: arrays disagree on the batch size ({listed}); give every array "
                         "the same first dimension")
+
+
+def _check_class_ids(arr, key, file_name, spec):
+    """Sparse crossentropy labels are class ids in [0, classes) or its ignore_class: TensorFlow refuses
+    any other mid-run."""
+    if arr.size == 0:
+        return
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise UserError(f"--data {file_name}: '{key}' holds NaN or Inf where output '{spec.name}' needs class ids "
+                        "(sparse_categorical_crossentropy)")
+    ids = np.trunc(arr) if arr.dtype.kind == "f" else arr  # TensorFlow casts float labels to int
+    classes = spec.shape[-1] if len(spec.shape) > 1 else None
+    bad = (ids < 0) | (ids >= classes) if classes is not None else ids < 0
+    ignore = getattr(spec, "ignore_class", None)
+    if ignore is not None:
+        bad &= ids != ignore
+    if bad.any():
+        span = f"0 to {classes - 1}" if classes is not None else "0 or more"
+        also = f" (or its ignore_class {ignore})" if ignore is not None else ""
+        raise UserError(f"--data {file_name}: '{key}' holds class id {ids[bad].flat[0]:g}, but output '{spec.name}' "
+                        f"(sparse_categorical_crossentropy) takes class ids {span}{also}")
 
 
 def _labels_fit(shape, want, sparse):

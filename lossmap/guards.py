@@ -101,6 +101,16 @@ def _dtype_size(dtype) -> int:
     return tf.as_dtype(getattr(dtype, "name", dtype)).size
 
 
+# What Keras says on loading a model that was compiled but never trained (its optimizer was not
+# built when it was saved): true of most files people hand lossmap, and the loss lossmap explains
+# does not depend on the optimizer's state. Not repeated after a load that succeeds.
+EXPECTED_ON_LOAD = ("Skipping variable loading for optimizer",)
+
+
+def _expected(text) -> bool:
+    return any(marker in str(text) for marker in EXPECTED_ON_LOAD)
+
+
 class _Holder(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -113,7 +123,8 @@ class _Holder(logging.Handler):
 
 @contextlib.contextmanager
 def held_back():
-    """Python warnings and log records of the body: shown when it succeeds, dropped when it raises.
+    """Python warnings and log records of the body: shown when it succeeds (but EXPECTED_ON_LOAD),
+    dropped when it raises.
 
     Keras warns about a damaged file (weights it skips, containers it cannot match)
     before it refuses it; the refusal is then one line that says what is wrong.
@@ -134,8 +145,10 @@ def held_back():
                 lg.handlers = handlers
             logging.lastResort = last_resort
     for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
-    if holder.records and not logging.root.handlers and any(r.name == "absl" for r in holder.records):
+        if not _expected(w.message):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    records = [r for r in holder.records if not _expected(r.getMessage())]
+    if records and not logging.root.handlers and any(r.name == "absl" for r in records):
         logging.basicConfig()  # what absl.logging does before its first record; the hold kept it from it
-    for record in holder.records:
+    for record in records:
         logging.getLogger(record.name).handle(record)

@@ -83,11 +83,20 @@ def archive_metadata(path: str) -> dict:
     config = limits.parse_json(read["config.json"], f"{name}: config.json", KERAS_FIX)
     if not isinstance(config, dict):
         raise UserError(f"{name}: config.json holds {_json_kind(config)}, not a model config; {KERAS_FIX}")
+    _check_compile_config(config.get("compile_config"), f"{name}: config.json", KERAS_FIX)
     meta = {}
     if "metadata.json" in read:
         meta = _checked_metadata(limits.parse_json(read["metadata.json"], f"{name}: metadata.json", KERAS_FIX), name)
     weights = sum(info.file_size for member, info in infos.items() if member.startswith("model.weights."))
     return {**meta, "weights_bytes": weights}
+
+
+def _check_compile_config(compile_config, label, fix):
+    """Refuse a compile config nested deeper than `limits.COMPILE_CONFIG_MAX_DEPTH` (see there why)."""
+    depth = limits.json_depth(compile_config, limits.COMPILE_CONFIG_MAX_DEPTH + 1)
+    if depth > limits.COMPILE_CONFIG_MAX_DEPTH:
+        raise UserError(f"{label}: its compile config (optimizer, loss, metrics) is nested over "
+                        f"{limits.COMPILE_CONFIG_MAX_DEPTH} levels deep, which a model's compile() never writes; {fix}")
 
 
 def _checked_metadata(meta, name) -> dict:
@@ -204,7 +213,8 @@ def h5_metadata(path: str) -> dict:
         import h5py
 
         with h5py.File(path, "r") as f:
-            attrs = {k: _attr_text(f.attrs[k]) for k in ("keras_version", "backend", "model_config") if k in f.attrs}
+            attrs = {k: _attr_text(f.attrs[k]) for k in ("keras_version", "backend", "model_config", "training_config")
+                     if k in f.attrs}
     except UserError:
         raise
     except Exception as exc:
@@ -220,6 +230,13 @@ def h5_metadata(path: str) -> dict:
                         f"{limits.size_text(limits.CONFIG_MAX_BYTES)} for a model config; {H5_FIX}")
     if not isinstance(limits.parse_json(config.encode("utf-8"), f"{name}: the model config", H5_FIX), dict):
         raise UserError(f"{name}: its model config is not a JSON object; {H5_FIX}")
+    training = attrs.get("training_config")
+    if training is not None:
+        if len(training) > limits.CONFIG_MAX_BYTES:
+            raise UserError(f"{name}: its training config is {limits.size_text(len(training))}, over lossmap's limit "
+                            f"of {limits.size_text(limits.CONFIG_MAX_BYTES)}; {H5_FIX}")
+        parsed = limits.parse_json(training.encode("utf-8"), f"{name}: the training config", H5_FIX)
+        _check_compile_config(parsed, name, H5_FIX)
     version = attrs.get("keras_version")
     if version is not None and not limits.VERSION_PATTERN.fullmatch(version):
         raise UserError(f"{name}: keras_version {limits.shown(version, 40)} is not a version string; {H5_FIX}")
@@ -317,6 +334,9 @@ def load_archive(eng, path: str, meta: dict, safe_mode: bool = True):
             budget.check(exc)
             raise
     budget.check()
+    if not eng.is_model(model):  # a config Keras deserialized into something else (its "config" key renamed...)
+        raise UserError(f"{os.path.basename(path)}: config.json does not describe a Keras model (Keras built "
+                        f"{limits.shown(type(model).__name__, 40)} from it); {KERAS_FIX}")
     return model
 
 
