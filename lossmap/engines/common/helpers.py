@@ -4,6 +4,7 @@ batch structures, load errors in words, and the facts engine differences read.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -73,6 +74,12 @@ def builtin_fn_name(loss_fn, loss_base, wrapper_cls, losses_module: str, builtin
     return name if name in builtin_names else None
 
 
+def ignore_class_of(loss) -> Optional[int]:
+    """The `ignore_class` a built-in sparse crossentropy was given (a label value it leaves out), or None."""
+    value = (getattr(loss, "_fn_kwargs", None) or {}).get("ignore_class")
+    return value if isinstance(value, int) else None
+
+
 def is_builtin_regularizer(reg, regularizers_module: str, builtin_names) -> bool:
     if reg is None:
         return False
@@ -123,6 +130,33 @@ def int_input_bound(model) -> int:
     return bound or 2
 
 
+def gist(exc) -> str:
+    """The first line of an error, with the next one when the first only announces it
+    ("Exception encountered when calling layer 'norm' ...", "... Example error message for object <Dense>:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if len(lines) > 1 and (first.endswith(":") or first.startswith("Exception encountered when calling")):
+        first = f"{first} {lines[1]}"
+    return first[:400]
+
+
+@contextlib.contextmanager
+def calling_the_model(model):
+    """The model's own forward pass: what it raises is the model's failure (exit 2, one line), not lossmap's."""
+    from lossmap.errors import UserError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"model '{getattr(model, 'name', '?')}' fails when it is called on the batch: "
+                        f"{type(exc).__name__}: {gist(exc)} (a config value Keras accepted when loading, or the "
+                        "model's own code; run with --debug for the traceback)") from exc
+
+
 def explain_load_error(path, exc) -> str:
     """Why Keras could not load `path`, in one line that says what to do."""
     text = str(exc)
@@ -150,7 +184,7 @@ def explain_load_error(path, exc) -> str:
         first = one_line(exc)
         return (f"{name} uses a custom object Keras does not know ({first}); register it with "
                 "--import MODULE (the module that defines it) or load through a factory file.py:function")
-    return f"could not load {name} as a Keras 3 model: {one_line(exc)}"
+    return f"could not load {name} as a Keras 3 model: {gist(exc)}"
 
 
 # How Keras 3 and tf_keras say that a saved weight has another shape than the variable the config built.

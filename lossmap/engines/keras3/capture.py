@@ -16,6 +16,7 @@ import numpy as np
 from lossmap.engines.base import AdditionalCapture, Batch, Capture, CompiledCapture, Signature
 from lossmap.engines.common.helpers import (
     as_numpy,
+    calling_the_model,
     builtin_fn_name as _builtin_fn_name_in,
     call_regularizer,
     code_origin,
@@ -45,7 +46,7 @@ def _capture(engine, model, batch: Batch, sig: Signature, tape) -> Capture:
     keras = engine.keras
     xs, ys, sw = engine.pack_batch(model, sig, batch)
     probe = _LossProbe(model)
-    with probe:
+    with probe, calling_the_model(model):
         y_pred = model(xs, training=True) if model._call_has_training_arg else model(xs)
     # Read from Keras's source (libcst: import and parse, most of a second) only when
     # an activity regularizer is there: no other term depends on it.

@@ -15,6 +15,7 @@ import numpy as np
 from lossmap.engines.base import AdditionalCapture, Batch, Capture, CompiledCapture, Signature
 from lossmap.engines.common.helpers import (
     as_numpy,
+    calling_the_model,
     builtin_fn_name as _builtin_fn_name_in,
     call_regularizer,
     code_origin,
@@ -30,7 +31,7 @@ def capture(engine, model, batch: Batch, sig: Signature) -> Capture:
     """One training-mode forward pass and everything the terms need from it."""
     xs, ys, sw = engine.packed_tensors(model, sig, batch)
     probe = _LossProbe(engine)
-    with probe:
+    with probe, calling_the_model(model):
         y_pred = model(xs, training=True)
     normalised = probe.saw_activity and activity_loss_divided_by_batch()
 
