@@ -156,9 +156,10 @@ class Keras3Engine(KerasEngine):
         if compile_loss is None:
             return {}
         if not compile_loss.built:
-            zeros = [np.zeros([d or 1 for d in t.shape], t.dtype) for t in tensors]
+            # build reads shapes only: zero-stride views of one zero, however large the outputs
+            zeros = [np.broadcast_to(np.zeros((), t.dtype), [d or 1 for d in t.shape]) for t in tensors]
             y_pred = pack(kind, names, zeros)
-            y_true = pack(kind, names, [np.zeros_like(z) for z in zeros])
+            y_true = pack(kind, names, list(zeros))
             try:
                 compile_loss.build(y_true, y_pred)
             except Exception as exc:
