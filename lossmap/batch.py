@@ -190,7 +190,7 @@ def from_file(path: str, sig: Signature) -> Batch:
         | {f"{p}/{n}" for p in ("y", "sample_weight") for n in (s.name for s in sig.outputs)}
     extra = sorted(set(arrays) - known)
     if extra:
-        raise UserError(f"--data {name}: key '{extra[0]}' matches no input or output of the model "
+        raise UserError(f"--data {name}: key '{limits.shown(extra[0])}' matches no input or output of the model "
                         f"(inputs: {', '.join(s.name for s in sig.inputs)}; outputs: "
                         f"{', '.join(s.name for s in sig.outputs)})")
     batch = Batch(x=x, y=y, sample_weight=sw, source="file", seed=None)

@@ -95,6 +95,24 @@ class VariableBudget:
                 cls._initialize_with_initializer = original
 
 
+def check_sample_size(model, path: str):
+    """Refuse a loaded model one sample of whose inputs and outputs exceeds `limits.SAMPLE_MAX_BYTES`."""
+    try:
+        tensors = [("input", t) for t in getattr(model, "inputs", None) or []] + \
+                  [("output", t) for t in getattr(model, "outputs", None) or []]
+        sizes = [(kind, t, math.prod(max(int(d or 1), 0) for d in list(t.shape)[1:]) * max(_dtype_size(t.dtype), 4))
+                 for kind, t in tensors]
+    except Exception:  # noqa: BLE001 - a subclassed model that does not say: the batch limits still apply
+        return
+    total = sum(n for _, _, n in sizes)
+    if total > limits.SAMPLE_MAX_BYTES:
+        kind, t, n = max(sizes, key=lambda s: s[2])
+        raise UserError(f"{os.path.basename(path)}: one sample of the model's inputs and outputs is "
+                        f"{limits.size_text(total)} (its {kind} {limits.shown(getattr(t, 'name', '?'), 40)} of shape "
+                        f"{tuple(t.shape)} alone {limits.size_text(n)}), over lossmap's limit of "
+                        f"{limits.size_text(limits.SAMPLE_MAX_BYTES)}; save the model again with model.save()")
+
+
 def _dtype_size(dtype) -> int:
     import tensorflow as tf
 

@@ -82,6 +82,10 @@ NPY_MAX_HEADER_BYTES = 10_000
 # tensors Keras is fed) and runs a forward pass, a train step and the gradients on it;
 # 4 GiB is far past what a CPU run on one batch is for: pass a smaller batch.
 BATCH_MAX_BYTES = 4 * GiB
+# One sample of a loaded model's inputs and outputs together: a default batch of 8 has to fit
+# BATCH_MAX_BYTES. Real ones are far smaller (a 1024x1024 RGB image is 12 MiB, a 256^3 volume
+# 64 MiB); a config declaring more would have lossmap and Keras allocate it to learn its shapes.
+SAMPLE_MAX_BYTES = BATCH_MAX_BYTES // 8
 NPY_MAGIC = b"\x93NUMPY"
 
 

@@ -337,6 +337,7 @@ def load_archive(eng, path: str, meta: dict, safe_mode: bool = True):
     if not eng.is_model(model):  # a config Keras deserialized into something else (its "config" key renamed...)
         raise UserError(f"{os.path.basename(path)}: config.json does not describe a Keras model (Keras built "
                         f"{limits.shown(type(model).__name__, 40)} from it); {KERAS_FIX}")
+    guards.check_sample_size(model, path)
     return model
 
 
