@@ -138,7 +138,7 @@ def _npz_headers(zf, path, label):
     """[(key, member, dtype, shape, fortran_order, data offset)], each header checked against its member's size."""
     out, keys = [], set()
     for info in limits.check_members(zf, path, label, NPZ_FIX):
-        if info.is_dir():
+        if info.filename.endswith("/"):  # a folder entry (zip -r writes them)
             continue
         key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         shown = limits.shown(key)

@@ -168,6 +168,8 @@ def check_members(zf: zipfile.ZipFile, path: str, label: str, fix: str, limits: 
     seen, total = set(), 0
     for info in infos:
         name = shown(info.filename)
+        if not info.filename:
+            raise UserError(f"{label} is damaged (a member without a name); {fix}")
         if info.filename in seen:
             raise UserError(f"{label} holds '{name}' twice (a damaged or tampered file); {fix}")
         seen.add(info.filename)
@@ -297,3 +299,100 @@ def npy_header(head: bytes, label: str, fix: str):
 
 def npy_bytes(dtype, shape) -> int:
     return math.prod(shape) * dtype.itemsize
+
+
+# ---------------------------------------------------------------- HDF5 (model.weights.h5, tf_keras .h5 files)
+def check_h5(source, label: str, fix: str, file_size: int):
+    """Refuse an HDF5 file whose datasets declare far more than they store, or read another file.
+
+    A chunked dataset whose chunks were never written, or are compressed, reads back at its
+    declared size: a 27 KB file can declare a 2 GiB kernel, which Keras reads into memory in
+    full before it compares its shape (52 s and 6.9 GB, measured). Only metadata is read here.
+    `source`: a path or a seekable binary file object.
+    """
+    import h5py
+
+    found = {"total": 0}
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return None
+        where = f"{label}: dataset '{shown(name, 60)}'"
+        if obj.external or obj.is_virtual:
+            raise UserError(f"{where} reads its data from another file (external or virtual storage); {fix}")
+        declared = math.prod(obj.shape or ()) * obj.dtype.itemsize
+        stored = obj.id.get_storage_size()
+        if declared > EXPANSION_FLOOR and declared > MAX_EXPANSION * stored:
+            raise UserError(f"{where} declares {size_text(declared)} of data but stores {size_text(stored)} "
+                            f"(over {MAX_EXPANSION}:1, a decompression bomb); {fix}")
+        found["total"] += declared
+        return None
+
+    try:
+        with h5py.File(source, "r") as f:
+            f.visititems(visit)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py raises many kinds on a damaged file
+        raise UserError(f"{label} is not a readable HDF5 file ({_why(exc)}); {fix}") from exc
+    if found["total"] > max(TOTAL_EXPANSION_FLOOR, MAX_EXPANSION * file_size):
+        raise UserError(f"{label}: its datasets declare {size_text(found['total'])} in a {size_text(file_size)} "
+                        f"file (over {MAX_EXPANSION}:1, a decompression bomb); {fix}")
+
+
+class MemberWindow:
+    """A stored (uncompressed) zip member as a seekable read-only file, straight from the archive.
+
+    For h5py, which seeks back and forth: zipfile's own member file re-reads from the member's
+    start on every backward seek.
+    """
+
+    def __init__(self, path: str, info: zipfile.ZipInfo):
+        self._fh = open(path, "rb")
+        self._fh.seek(info.header_offset)
+        local = self._fh.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            self._fh.close()
+            raise UserError(f"{os.path.basename(path)} is damaged (member '{shown(info.filename)}' has no local "
+                            "header where the directory says)")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        self._start = info.header_offset + 30 + name_len + extra_len
+        self._size = info.compress_size
+        self._pos = 0
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = self._size - self._pos
+        n = max(0, min(n, self._size - self._pos))
+        self._fh.seek(self._start + self._pos)
+        data = self._fh.read(n)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        memoryview(buffer)[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset, whence=0):
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def seekable(self):
+        return True
+
+    def readable(self):
+        return True
+
+    def close(self):
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

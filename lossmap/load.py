@@ -12,6 +12,7 @@ means tf_keras), or, when the file does not say, `TF_USE_LEGACY_KERAS=1`.
 from __future__ import annotations
 
 import importlib
+import io
 import importlib.util
 import json
 import os
@@ -79,7 +80,16 @@ def archive_metadata(path: str) -> dict:
         read = {}
         for member, info in infos.items():  # every member inflated once, checksums checked
             cap = ARCHIVE_JSON.get(member, (None,))[0]
-            read[member] = limits.read_member(zf, info, name, KERAS_FIX, keep=cap is not None, cap=cap)
+            keep = cap is not None or (member.endswith(".h5") and info.compress_type != zipfile.ZIP_STORED)
+            read[member] = limits.read_member(zf, info, name, KERAS_FIX, keep=keep, cap=cap)
+        for member, info in infos.items():  # the weights' own datasets (HDF5 can compress, too)
+            if member.endswith(".h5"):
+                label = f"{name}: {limits.shown(member)}"
+                if info.compress_type == zipfile.ZIP_STORED:
+                    with limits.MemberWindow(path, info) as window:
+                        limits.check_h5(window, label, KERAS_FIX, info.file_size)
+                else:
+                    limits.check_h5(io.BytesIO(read[member]), label, KERAS_FIX, info.compress_size)
     config = limits.parse_json(read["config.json"], f"{name}: config.json", KERAS_FIX)
     if not isinstance(config, dict):
         raise UserError(f"{name}: config.json holds {_json_kind(config)}, not a model config; {KERAS_FIX}")
@@ -92,11 +102,29 @@ def archive_metadata(path: str) -> dict:
 
 
 def _check_compile_config(compile_config, label, fix):
-    """Refuse a compile config nested deeper than `limits.COMPILE_CONFIG_MAX_DEPTH` (see there why)."""
+    """Refuse a compile config nested deeper than `limits.COMPILE_CONFIG_MAX_DEPTH` (see there why),
+    or whose loss weights are not numbers (tf_keras takes any value and fails only when it multiplies)."""
     depth = limits.json_depth(compile_config, limits.COMPILE_CONFIG_MAX_DEPTH + 1)
     if depth > limits.COMPILE_CONFIG_MAX_DEPTH:
         raise UserError(f"{label}: its compile config (optimizer, loss, metrics) is nested over "
                         f"{limits.COMPILE_CONFIG_MAX_DEPTH} levels deep, which a model's compile() never writes; {fix}")
+    weights = compile_config.get("loss_weights") if isinstance(compile_config, dict) else None
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in _leaves(weights)):
+        raise UserError(f"{label}: its compile config gives loss_weights {limits.shown(json.dumps(weights), 60)}, "
+                        f"not numbers; {fix}")
+
+
+def _leaves(value):
+    """The scalars of a JSON structure (a structure of loss weights follows the outputs')."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            yield item
 
 
 def _checked_metadata(meta, name) -> dict:
@@ -221,6 +249,7 @@ def h5_metadata(path: str) -> dict:
         raise UserError(f"{name} is an HDF5 file that cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
                         "save the model again (model.save('model.keras') with Keras 3, or "
                         "model.save('model.h5') with tf_keras)") from exc
+    limits.check_h5(path, name, H5_FIX, os.path.getsize(path))
     if "model_config" not in attrs:
         raise UserError(f"{name} holds weights only (no model config in the HDF5 file); lossmap needs the whole "
                         "model: save it with model.save('model.h5') (tf_keras) or model.save('model.keras')")
@@ -228,20 +257,25 @@ def h5_metadata(path: str) -> dict:
     if len(config) > limits.CONFIG_MAX_BYTES:
         raise UserError(f"{name}: its model config is {limits.size_text(len(config))}, over lossmap's limit of "
                         f"{limits.size_text(limits.CONFIG_MAX_BYTES)} for a model config; {H5_FIX}")
-    if not isinstance(limits.parse_json(config.encode("utf-8"), f"{name}: the model config", H5_FIX), dict):
+    if not isinstance(limits.parse_json(_utf8(config), f"{name}: the model config", H5_FIX), dict):
         raise UserError(f"{name}: its model config is not a JSON object; {H5_FIX}")
     training = attrs.get("training_config")
     if training is not None:
         if len(training) > limits.CONFIG_MAX_BYTES:
             raise UserError(f"{name}: its training config is {limits.size_text(len(training))}, over lossmap's limit "
                             f"of {limits.size_text(limits.CONFIG_MAX_BYTES)}; {H5_FIX}")
-        parsed = limits.parse_json(training.encode("utf-8"), f"{name}: the training config", H5_FIX)
+        parsed = limits.parse_json(_utf8(training), f"{name}: the training config", H5_FIX)
         _check_compile_config(parsed, name, H5_FIX)
     version = attrs.get("keras_version")
     if version is not None and not limits.VERSION_PATTERN.fullmatch(version):
         raise UserError(f"{name}: keras_version {limits.shown(version, 40)} is not a version string; {H5_FIX}")
     return {"format": "h5", "keras_version": attrs.get("keras_version"), "backend": attrs.get("backend"),
             "weights_bytes": os.path.getsize(path)}
+
+
+def _utf8(text: str) -> bytes:
+    """An attribute's text as the bytes it was (h5py keeps bytes that are not UTF-8 as surrogates)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _attr_text(value):

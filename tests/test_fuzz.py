@@ -5,8 +5,9 @@ byte) takes a valid Keras 3 archive, a tf_keras archive and .h5 file, and a batc
 breaks them the ways files break and attackers break them: truncation, flipped bytes
 (in the data and in the zip headers), members removed, duplicated, renamed, added,
 recompressed, encrypted, lying about their sizes or CRC, deflate bombs, JSON values of
-the wrong type, enormous sizes and shapes in the config, nesting, and .npy headers
-declaring enormous or impossible arrays, pickled objects, other dtypes and orders.
+the wrong type, enormous sizes and shapes in the config, nesting, HDF5 datasets that
+declare gigabytes they do not store or read another file, and .npy headers declaring
+enormous or impossible arrays, pickled objects, other dtypes and orders.
 
 Every case runs the real CLI, `lossmap check FILE --format json`, in one child process
 (`fuzz_child.py`, in-process calls of `lossmap.cli.main`: TensorFlow starts once) whose
@@ -183,7 +184,8 @@ def mutate_members(rng, members, json_members, other_weights=None):
     m_i = rng.randrange(len(members))
     m = members[m_i]
     op = rng.choice(["drop", "duplicate", "rename", "add", "shuffle", "method", "flags", "lie", "lie", "bomb",
-                     "empty", "content", "content", "json", "json", "json", "json", "swap_weights"])
+                     "empty", "content", "content", "json", "json", "json", "json", "swap_weights", "dataset",
+                     "dataset"])
     if op == "drop":
         del members[m_i]
     elif op == "duplicate":
@@ -229,11 +231,52 @@ def mutate_members(rng, members, json_members, other_weights=None):
         if targets:
             i = rng.choice(targets)
             members[i] = Member(members[i].name, mutate_json(rng, members[i].data))
+    elif op == "dataset":
+        weights = [i for i, x in enumerate(members) if x.name == "model.weights.h5"]
+        if weights:
+            members[weights[0]] = Member("model.weights.h5", hostile_dataset(rng, members[weights[0]].data))
     elif op == "swap_weights" and other_weights is not None:
         weights = [i for i, x in enumerate(members) if x.name == "model.weights.h5"]
         if weights:
             members[weights[0]] = Member("model.weights.h5", other_weights)
     return members
+
+
+# ---------------------------------------------------------------- HDF5 datasets
+def hostile_dataset(rng, raw: bytes) -> bytes:
+    """HDF5 bytes with one dataset replaced: huge and never written, compressed, stored in another
+    file, of another shape or dtype."""
+    import tempfile
+
+    import h5py
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "w.h5")
+        with open(path, "wb") as fh:
+            fh.write(raw)
+        with h5py.File(path, "r+") as f:
+            names = []
+            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            name = rng.choice(sorted(names))
+            shape = f[name].shape
+            del f[name]
+            op = rng.choice(["unwritten", "unwritten", "gzip", "external", "shape", "dtype", "scalar"])
+            if op == "unwritten":
+                f.create_dataset(name, shape=rng.choice([(2 ** 16, 2 ** 13), (2 ** 40,), (10 ** 6, 10 ** 6)]),
+                                 dtype="float32", chunks=True, compression=rng.choice([None, "gzip"]))
+            elif op == "gzip":
+                f.create_dataset(name, data=np.zeros(rng.choice([2 ** 10, 2 ** 22]), "float32"), compression="gzip")
+            elif op == "external":
+                f.create_dataset(name, shape=shape, dtype="float32",
+                                 external=[(rng.choice(["/dev/zero", "/etc/hostname", "missing.bin"]), 0, 1 << 20)])
+            elif op == "shape":
+                f.create_dataset(name, data=np.ones(tuple(d + 1 for d in shape) or (2,), "float32"))
+            elif op == "dtype":
+                f.create_dataset(name, data=np.ones(shape, rng.choice(["float64", "int8", "bool", "S3"])))
+            else:
+                f.create_dataset(name, data=np.float32(1))
+        with open(path, "rb") as fh:
+            return fh.read()
 
 
 # ---------------------------------------------------------------- .npy members
@@ -338,10 +381,15 @@ def _zip_bytes(members) -> bytes:
 
 # ---------------------------------------------------------------- the cases
 def h5_case(rng, base_path, out_path):
-    """A tf_keras .h5 file: bytes flipped, cut or extended, or its model_config or training_config mutated."""
+    """A tf_keras .h5 file: bytes flipped, cut or extended, its model_config or training_config mutated,
+    or a dataset made hostile."""
     with open(base_path, "rb") as fh:
         raw = fh.read()
-    op = rng.choice(["bytes", "bytes", "config", "config", "config"])
+    op = rng.choice(["bytes", "bytes", "config", "config", "config", "dataset"])
+    if op == "dataset":
+        with open(out_path, "wb") as fh:
+            fh.write(hostile_dataset(rng, raw))
+        return
     if op == "bytes":
         raw = bytearray(raw)
         kind = rng.choice(["flip", "truncate", "append"])

@@ -145,6 +145,53 @@ def test_a_member_name_with_a_line_break_stays_on_one_line(files, capsys):
     refused(capsys, "check", path, needles=["evil\\nname", "encrypted"])
 
 
+# ---------------------------------------------------------------- HDF5 datasets
+def h5_with(raw: bytes, folder, change) -> bytes:
+    """An HDF5 file's bytes after `change(h5py.File)`: one kernel replaced by a hostile dataset."""
+    import h5py
+
+    path = os.path.join(folder, "scratch.h5")
+    with open(path, "wb") as fh:
+        fh.write(raw)
+    with h5py.File(path, "r+") as f:
+        kernels = []
+        f.visititems(lambda n, o: kernels.append(n) if isinstance(o, h5py.Dataset) and len(o.shape) == 2 else None)
+        name = kernels[0]
+        del f[name]
+        change(f, name)
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def unwritten(f, name):  # chunked and never written: reads back as 2 GiB of fill values, stores nothing
+    f.create_dataset(name, shape=(2 ** 16, 2 ** 13), dtype="float32", chunks=(1024, 1024), compression="gzip")
+
+
+def external(f, name):
+    f.create_dataset(name, shape=(4, 3), dtype="float32", external=[("/dev/zero", 0, 48)])
+
+
+@pytest.mark.parametrize("kind", ["keras3", "tf_keras", "h5"])
+@pytest.mark.parametrize("change,needles", [
+    (unwritten, ["declares 2 GiB of data but stores 0 bytes", "decompression bomb"]),
+    (external, ["reads its data from another file"]),
+])
+def test_weights_whose_datasets_declare_what_they_do_not_hold_are_refused(files, capsys, kind, change, needles):
+    if kind not in files:
+        pytest.skip("tf_keras is not installed")
+    if kind == "h5":
+        with open(files["h5"], "rb") as fh:
+            raw = h5_with(fh.read(), files["dir"], change)
+        path = os.path.join(files["dir"], f"dataset_{change.__name__}.h5")
+        with open(path, "wb") as fh:
+            fh.write(raw)
+    else:
+        weights = next(m.data for m in files["members"][kind] if m.name == "model.weights.h5")
+        bad = Member("model.weights.h5", h5_with(weights, files["dir"], change))
+        path = archive(files, f"dataset_{change.__name__}.keras", replaced("model.weights.h5", bad), kind=kind)
+    refused(capsys, "check", path, needles=needles)
+
+
 # ---------------------------------------------------------------- JSON
 def test_json_nested_past_the_parsers_recursion_limit_is_exit_2(files, capsys):
     deep = b'{"class_name": "Functional", "config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
