@@ -15,6 +15,8 @@ a `UserError` (exit 2, one line saying what is wrong and how to fix it):
   CRC is checked (Python's zipfile never hands out more than the declared size, so
   Keras, reading the same members afterwards, is bounded by the same checks);
 - JSON is parsed only when its size passed, and its nesting depth is bounded;
+- an HDF5 file's datasets (the weights) may not declare far more than they store, nor
+  read another file (`check_h5`: metadata only);
 - a `.npy` member's header (its shape and dtype) is parsed here, never by pickle:
   an array must hold exactly the bytes its shape declares.
 

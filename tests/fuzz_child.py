@@ -6,7 +6,7 @@ The first WARM_CASES cases are valid runs that import TensorFlow, Keras and tf_k
 after them the address space is capped at its size then plus HEADROOM_BYTES (RLIMIT_AS),
 so that a case that tries to allocate gigabytes fails here (and shows as exit 3 or a dead
 child) instead of taking the machine's memory. Each case's exit code, stdout, stderr,
-seconds and the process's peak RSS afterwards go to RESULTS, one JSON line per case,
+wall and CPU seconds and the process's peak RSS afterwards go to RESULTS, one JSON line per case,
 flushed as it ends: when the child dies, the last line says which case it survived.
 """
 import contextlib
@@ -28,7 +28,7 @@ def vm_size() -> int:
 
 def run_case(cli, argv):
     out, err = io.StringIO(), io.StringIO()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = cli(argv)
@@ -36,7 +36,7 @@ def run_case(cli, argv):
             code = exc.code
         except BaseException as exc:  # noqa: BLE001 - reported, the parent fails the case
             code = f"raised {type(exc).__name__}: {exc}"
-    return code, out.getvalue(), err.getvalue(), time.perf_counter() - start
+    return code, out.getvalue(), err.getvalue(), time.perf_counter() - start, time.process_time() - cpu
 
 
 def strict_json(text) -> bool:
@@ -62,10 +62,10 @@ def main(cases_path, results_path, headroom, warm):
             if i == warm:
                 limit = vm_size() + headroom
                 resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-            code, stdout, stderr, seconds = run_case(cli, case["argv"])
+            code, stdout, stderr, seconds, cpu = run_case(cli, case["argv"])
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             out.write(json.dumps({"id": case["id"], "code": code, "json_ok": strict_json(stdout),
-                                  "stdout": stdout[:2000], "stderr": stderr[-4000:], "seconds": seconds,
+                                  "stdout": stdout[:2000], "stderr": stderr[-4000:], "seconds": seconds, "cpu": cpu,
                                   "peak_rss": peak}) + "\n")
             out.flush()
     return 0
