@@ -60,7 +60,7 @@ METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
 
 # ---------------------------------------------------------------- .keras archives
 # config.json, inflated. ResNet50's is 172 KiB and a 1,000-layer model's about 1 MiB;
-# 32 MiB is over 100 times that, and parses in about 0.3 s (up to about 700 MB of
+# 32 MiB is over 100 times that, and parses in about 0.4 s (up to about 700 MB of
 # Python objects for the most compact JSON there is, "[{},{},...]").
 CONFIG_MAX_BYTES = 32 * MiB
 # metadata.json, inflated: Keras writes about 100 bytes (keras_version, date_saved).

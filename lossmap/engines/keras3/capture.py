@@ -16,9 +16,9 @@ import numpy as np
 from lossmap.engines.base import AdditionalCapture, Batch, Capture, CompiledCapture, Signature
 from lossmap.engines.common.helpers import (
     as_numpy,
-    calling_the_model,
     builtin_fn_name as _builtin_fn_name_in,
     call_regularizer,
+    calling_the_model,
     code_origin,
     is_builtin_regularizer as _is_builtin_regularizer_in,
     jsonable,
