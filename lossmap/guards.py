@@ -6,7 +6,8 @@ kernel has another shape). `VariableBudget` counts the bytes of every variable
 Keras is about to create while it loads, before the variable's initial value is
 computed, and stops the load once they pass what the file's weights can account
 for. `held_back` keeps Keras's warnings about a file it then refuses off the
-terminal: the one-line error says what is wrong.
+terminal: the one-line error says what is wrong. `check_layer_graph` refuses a
+functional graph tf_keras's rebuild loop would wait on for ever.
 """
 from __future__ import annotations
 
@@ -170,3 +171,115 @@ def held_back():
         logging.basicConfig()  # what absl.logging does before its first record; the hold kept it from it
     for record in records:
         logging.getLogger(record.name).handle(record)
+
+
+# ---------------------------------------------------------------- tf_keras's functional graph
+def check_layer_graph(config, label: str, fix: str):
+    """Refuse a functional model whose layer graph tf_keras would wait on for ever.
+
+    tf_keras rebuilds a functional model by calling each layer once the nodes its inputs
+    come from exist, and goes round again while any node waits, with no check that a
+    round made progress ("Caution: This may lead to infinite loops for malformed network
+    configurations!", `reconstruct_from_config`): an inbound node index that no call
+    creates (NaN, "0", one past the last) or a cycle hangs it. This replays that loop on
+    the config alone, for every functional model in it. Keras 3's loop stops by itself.
+    """
+    for functional in _functional_configs(config):
+        stuck = _replay(functional)
+        if stuck:
+            raise UserError(f"{label}: layer '{limits.shown(stuck, 60)}' takes its input from a node no layer "
+                            f"call creates (a node index out of range, or a cycle): tf_keras would wait for it "
+                            f"for ever; {fix}")
+
+
+def _functional_configs(value):
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("layers"), list) and "input_layers" in item:
+                yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _replay(functional):
+    """The name of a layer whose node never gets its inputs in tf_keras's loop, or None."""
+    layers = [l for l in functional["layers"] if isinstance(l, dict) and isinstance(l.get("name"), str)]
+    pending, done, first, kind = {}, {}, {}, {}
+    for layer in layers:
+        nodes = layer.get("inbound_nodes")
+        if not isinstance(nodes, list) or any(isinstance(n, dict) for n in nodes):
+            return None  # Keras 3's format (or no list at all: Keras raises on it)
+        name = layer["name"]
+        pending.setdefault(name, []).extend(nodes)
+        done.setdefault(name, 0)
+        kind[name] = layer.get("class_name")
+        first[name] = _skips_first_node(layer)
+    while any(pending.values()):
+        progress = False
+        for layer in layers:
+            queue = pending[layer["name"]]
+            while queue:
+                ready = _node_ready(queue[0], done, first, kind)
+                if ready is None:  # tf_keras raises on this node: no wait
+                    return None
+                if not ready:
+                    break
+                queue.pop(0)
+                done[layer["name"]] += 1
+                progress = True
+        if not progress:
+            return next(name for name, queue in pending.items() if queue)
+    return None
+
+
+def _skips_first_node(layer) -> int:
+    """tf_keras's `_should_skip_first_node`: a nested model built on an Input has a node the config leaves out."""
+    config = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+    inner = config.get("layers")
+    if isinstance(inner, list) and "input_layers" in config:
+        return 1
+    if layer.get("class_name") == "Sequential" and isinstance(inner, list) and inner:
+        return int(isinstance(inner[0], dict) and inner[0].get("class_name") == "InputLayer")
+    return 0
+
+
+def _node_ready(node, done, first, kind):
+    """True when every node `node` reads exists, False when one does not yet, None when tf_keras raises."""
+    for ref in _node_refs(node):
+        if ref is None or len(ref) not in (3, 4):
+            return None
+        name, index = ref[0], ref[1]
+        if name == "_CONSTANT_VALUE":  # a constant input (tf_keras asserts its shape itself)
+            continue
+        if name not in done:
+            return None  # a KeyError in tf_keras
+        if kind[name] == "InputLayer":
+            continue
+        try:
+            hash(index)
+        except TypeError:
+            return None
+        if index not in range(first[name], first[name] + done[name]):
+            return False
+    return True
+
+
+def _node_refs(node):
+    """The [layer, node index, tensor index(, kwargs)] lists a node reads, those inside kwargs
+    included (what tf_utils.convert_inner_node_data wraps); None for an input tf_keras cannot read."""
+    stack = [(node, True)]
+    while stack:
+        item, top = stack.pop()
+        if isinstance(item, list) and len(item) in (3, 4) and isinstance(item[0], str):
+            yield item
+            if len(item) == 4:
+                stack.append((item[3], False))
+        elif isinstance(item, dict):
+            stack.extend((v, top) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, top) for v in item)
+        elif top:  # an input that is no [layer, node, tensor] list: tf_keras raises on it
+            yield None

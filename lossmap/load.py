@@ -94,6 +94,7 @@ def archive_metadata(path: str) -> dict:
     if not isinstance(config, dict):
         raise UserError(f"{name}: config.json holds {_json_kind(config)}, not a model config; {KERAS_FIX}")
     _check_compile_config(config.get("compile_config"), f"{name}: config.json", KERAS_FIX)
+    guards.check_layer_graph(config, f"{name}: config.json", KERAS_FIX)
     meta = {}
     if "metadata.json" in read:
         meta = _checked_metadata(limits.parse_json(read["metadata.json"], f"{name}: metadata.json", KERAS_FIX), name)
@@ -257,8 +258,10 @@ def h5_metadata(path: str) -> dict:
     if len(config) > limits.CONFIG_MAX_BYTES:
         raise UserError(f"{name}: its model config is {limits.size_text(len(config))}, over lossmap's limit of "
                         f"{limits.size_text(limits.CONFIG_MAX_BYTES)} for a model config; {H5_FIX}")
-    if not isinstance(limits.parse_json(_utf8(config), f"{name}: the model config", H5_FIX), dict):
+    parsed = limits.parse_json(_utf8(config), f"{name}: the model config", H5_FIX)
+    if not isinstance(parsed, dict):
         raise UserError(f"{name}: its model config is not a JSON object; {H5_FIX}")
+    guards.check_layer_graph(parsed, f"{name}: the model config", H5_FIX)
     training = attrs.get("training_config")
     if training is not None:
         if len(training) > limits.CONFIG_MAX_BYTES:

@@ -265,6 +265,60 @@ def test_a_config_that_is_no_model_is_exit_2(files, capsys):
     refused(capsys, "check", path, needles=["does not describe a Keras model"], seconds=5.0)
 
 
+# ---------------------------------------------------------------- tf_keras's layer graph
+def _inbound(config, layer_name):
+    return next(l for l in config["config"]["layers"] if l["name"] == layer_name)["inbound_nodes"]
+
+
+@pytest.mark.parametrize("change", ["nan", "past_the_end", "string", "cycle"])
+def test_a_layer_graph_tf_keras_would_wait_on_for_ever_is_refused(files, change):
+    from lossmap import guards
+    from lossmap.errors import UserError
+
+    if "tf_keras" not in files["members"]:
+        pytest.skip("tf_keras is not installed")
+    config = json_of(files, "config.json", "tf_keras")
+    guards.check_layer_graph(config, "tk.keras", "fix")  # as saved: fine
+    node = _inbound(config, "norm")[0][0]  # ["trunk", 0, 0, {}]
+    if change == "cycle":
+        _inbound(config, "trunk")[0][0] = ["norm", 0, 0, {}]
+    else:
+        node[1] = {"nan": float("nan"), "past_the_end": 1, "string": "0"}[change]
+    with pytest.raises(UserError, match="would wait for it for ever"):
+        guards.check_layer_graph(config, "tk.keras", "fix")
+
+
+def test_shared_and_nested_layers_are_a_graph_tf_keras_rebuilds(tmp_path):
+    """Node indices past 0 (a layer called twice, a model nested in a model, twice) are what tf_keras writes."""
+    tfk = pytest.importorskip("tf_keras")
+    from lossmap import guards
+
+    L = tfk.layers
+    i = tfk.Input((4,))
+    inner = tfk.Model(i, L.Dense(4)(i), name="inner")
+    j = tfk.Input((4,))
+    mid = tfk.Model(j, inner(inner(j)), name="mid")
+    a, b = tfk.Input((4,), name="a"), tfk.Input((4,), name="b")
+    shared = L.Dense(4, name="shared")
+    model = tfk.Model([a, b], L.Add()([mid(mid(shared(a))), shared(b)]))
+    config = json.loads(model.to_json())
+    guards.check_layer_graph(config, "model", "fix")
+
+
+def test_a_hanging_graph_is_refused_by_the_cli_in_a_process(files, tmp_path):
+    """Without the check this process would never end (the timeout says so)."""
+    if "tf_keras" not in files["members"]:
+        pytest.skip("tf_keras is not installed")
+    config = json_of(files, "config.json", "tf_keras")
+    _inbound(config, "norm")[0][0][1] = float("nan")
+    path = archive(files, "hang.keras", with_json("config.json", config), kind="tf_keras")
+    proc = subprocess.run([sys.executable, "-m", "lossmap", "check", path], capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                              [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               os.environ.get("PYTHONPATH", "")])))
+    assert proc.returncode == 2 and "would wait for it for ever" in proc.stderr, proc.stderr
+
+
 # ---------------------------------------------------------------- batches
 def npz(files, name, members):
     path = os.path.join(files["dir"], name)
