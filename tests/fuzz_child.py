@@ -18,10 +18,12 @@ import sys
 import time
 
 
-def vm_size() -> int:
+def status(field: str) -> int:
+    """A size from /proc/self/status in bytes: VmSize (address space), VmHWM (peak RSS of this program;
+    getrusage's ru_maxrss would include the parent's peak before exec)."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmSize:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -60,10 +62,10 @@ def main(cases_path, results_path, headroom, warm):
     with open(results_path, "w") as out:
         for i, case in enumerate(cases):
             if i == warm:
-                limit = vm_size() + headroom
+                limit = status("VmSize") + headroom
                 resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
             code, stdout, stderr, seconds, cpu = run_case(cli, case["argv"])
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peak = status("VmHWM")
             out.write(json.dumps({"id": case["id"], "code": code, "json_ok": strict_json(stdout),
                                   "stdout": stdout[:2000], "stderr": stderr[-4000:], "seconds": seconds, "cpu": cpu,
                                   "peak_rss": peak}) + "\n")
