@@ -11,10 +11,19 @@ _BREAKS = re.compile(r"\s*[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+\s*")
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 
 
+# A message longer than this (a name of 100,000 characters from a hostile file) keeps its start
+# and its end, where it says how to fix it.
+MAX_MESSAGE = 1000
+
+
 def one_line(message: str) -> str:
-    """`message` as one line: line breaks become spaces, other control characters are escaped."""
+    """`message` as one line: line breaks become spaces, other control characters are escaped,
+    and the middle of a very long one is left out."""
     text = _BREAKS.sub(" ", str(message)).strip()
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if len(text) > MAX_MESSAGE:
+        text = f"{text[:600]} ... {text[-(MAX_MESSAGE - 605):]}"
+    return text
 
 
 class UserError(Exception):

@@ -41,6 +41,14 @@ def run_case(cli, argv):
     return code, out.getvalue(), err.getvalue(), time.perf_counter() - start, time.process_time() - cpu
 
 
+def record(case_id, code, stdout, stderr, seconds, cpu) -> dict:
+    """What the parent checks of one case; stdout and stderr kept cut (a message can be long)."""
+    lines = stderr.splitlines()
+    return {"id": case_id, "code": code, "json_ok": strict_json(stdout), "stdout": stdout[:2000],
+            "stderr": stderr if len(stderr) <= 4000 else stderr[:2000] + " [...] " + stderr[-2000:],
+            "stderr_lines": lines[:1] + [len(lines)], "seconds": seconds, "cpu": cpu, "peak_rss": status("VmHWM")}
+
+
 def strict_json(text) -> bool:
     """Whether `text` is one strict JSON document (no NaN or Infinity)."""
     def refuse(token):
@@ -65,10 +73,7 @@ def main(cases_path, results_path, headroom, warm):
                 limit = status("VmSize") + headroom
                 resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
             code, stdout, stderr, seconds, cpu = run_case(cli, case["argv"])
-            peak = status("VmHWM")
-            out.write(json.dumps({"id": case["id"], "code": code, "json_ok": strict_json(stdout),
-                                  "stdout": stdout[:2000], "stderr": stderr[-4000:], "seconds": seconds, "cpu": cpu,
-                                  "peak_rss": peak}) + "\n")
+            out.write(json.dumps(record(case["id"], code, stdout, stderr, seconds, cpu)) + "\n")
             out.flush()
     return 0
 

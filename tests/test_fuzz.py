@@ -477,11 +477,13 @@ def problems(case, result) -> list:
     if "Traceback" in err:
         out.append("a traceback on stderr")
     if code == 2:
-        lines = err.splitlines()
+        *first, count = result["stderr_lines"]  # the first line and how many there are (stderr is kept cut)
         if result["stdout"]:
             out.append("exit 2 with something on stdout")
-        if len(lines) != 1 or not lines[0].startswith("lossmap: "):
-            out.append(f"exit 2 with {len(lines)} stderr lines")
+        if count != 1 or not first[0].startswith("lossmap: "):
+            out.append(f"exit 2 with {count} stderr lines")
+        elif len(first[0]) > 1100:
+            out.append(f"exit 2 with a line of {len(first[0])} characters")
     elif code in (0, 1) and not result["json_ok"]:
         out.append("stdout is not one strict JSON document")
     limit = CASE_SECONDS.get(code, 30.0)

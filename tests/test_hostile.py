@@ -193,6 +193,22 @@ def test_weights_whose_datasets_declare_what_they_do_not_hold_are_refused(files,
     refused(capsys, "check", path, needles=needles)
 
 
+def test_a_name_of_100000_characters_keeps_the_line_short(files, capsys):
+    config = json_of(files, "config.json")
+    config["config"]["layers"][1]["class_name"] = "a" * 100_000
+    path = archive(files, "longname.keras", with_json("config.json", config))
+    line = refused(capsys, "check", path, needles=["longname.keras"], seconds=5.0)
+    assert len(line) <= 1000 + len("lossmap: ")
+
+
+def test_a_user_error_is_one_line_of_at_most_1000_characters_that_keeps_its_end():
+    from lossmap.errors import UserError
+
+    message = str(UserError("start\nof it " + "x" * 5000 + "\u2028 fix it so"))
+    assert "\n" not in message and "\u2028" not in message and len(message) <= 1000
+    assert message.startswith("start of it") and message.endswith("x fix it so") and " ... " in message
+
+
 # ---------------------------------------------------------------- JSON
 def test_json_nested_past_the_parsers_recursion_limit_is_exit_2(files, capsys):
     deep = b'{"class_name": "Functional", "config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
