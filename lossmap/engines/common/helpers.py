@@ -157,6 +157,25 @@ def calling_the_model(model):
                         "model's own code; run with --debug for the traceback)") from exc
 
 
+@contextlib.contextmanager
+def keras_fails_too(model, keras_error):
+    """lossmap's own calls of the model's losses and regularizers. When Keras's own compute_loss
+    failed on the same pass (`keras_error`), what they raise is the model's failure (exit 2, one
+    line); when Keras succeeded, it is lossmap's (it propagates)."""
+    from lossmap.errors import UserError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if keras_error is None:
+            raise
+        raise UserError(f"model '{getattr(model, 'name', '?')}': Keras cannot compute its loss ({keras_error}), "
+                        "and neither can lossmap (a loss or regularizer config value Keras accepted when loading, "
+                        "or the model's own code; run with --debug for the traceback)") from exc
+
+
 def explain_load_error(path, exc) -> str:
     """Why Keras could not load `path`, in one line that says what to do."""
     text = str(exc)

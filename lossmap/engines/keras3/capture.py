@@ -22,6 +22,7 @@ from lossmap.engines.common.helpers import (
     code_origin,
     is_builtin_regularizer as _is_builtin_regularizer_in,
     jsonable,
+    keras_fails_too,
     one_line,
     reg_config,
 )
@@ -59,8 +60,9 @@ def _capture(engine, model, batch: Batch, sig: Signature, tape) -> Capture:
     except Exception as exc:
         compute_error = one_line(exc)
 
-    compiled = _compiled_captures(engine, model, sig, ys, y_pred, sw)
-    additional = _layer_losses(model, probe, normalised) + _weight_regularizers(engine, model)
+    with keras_fails_too(model, compute_error):
+        compiled = _compiled_captures(engine, model, sig, ys, y_pred, sw)
+        additional = _layer_losses(model, probe, normalised) + _weight_regularizers(engine, model)
     result = Capture(
         compiled=compiled,
         additional=additional,

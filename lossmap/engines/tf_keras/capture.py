@@ -21,6 +21,7 @@ from lossmap.engines.common.helpers import (
     code_origin,
     is_builtin_regularizer as _is_builtin_regularizer_in,
     jsonable,
+    keras_fails_too,
     one_line,
     reg_config,
 )
@@ -45,12 +46,13 @@ def capture(engine, model, batch: Batch, sig: Signature) -> Capture:
         compute_error = one_line(exc)
 
     compiled, loss_free = [], []
-    for entry in compiled_entries(engine, model, sig, ys, y_pred, sw):
-        if entry["loss"] is None or entry["y_true"] is None:
-            loss_free.append(entry["output"])
-            continue
-        compiled.append(_capture_compiled(entry))
-    additional = _capture_additional(model, probe, normalised)
+    with keras_fails_too(model, compute_error):
+        for entry in compiled_entries(engine, model, sig, ys, y_pred, sw):
+            if entry["loss"] is None or entry["y_true"] is None:
+                loss_free.append(entry["output"])
+                continue
+            compiled.append(_capture_compiled(entry))
+        additional = _capture_additional(model, probe, normalised)
     return Capture(
         compiled=compiled,
         additional=additional,
