@@ -123,7 +123,7 @@ def read_npz(path: str, load: bool = True):
     if magic[:2] != b"PK":
         raise UserError(f"{label}: not a NumPy .npz file (a zip of arrays); save plain arrays with numpy.savez")
     with limits.open_zip(path, label, NPZ_FIX) as zf:
-        members = _npz_headers(zf, path, label)
+        members = npz_headers(zf, os.path.getsize(path), label)
         total = sum(limits.npy_bytes(dtype, shape) for _, _, dtype, shape, _, _ in members)
         if total > limits.BATCH_MAX_BYTES:
             raise UserError(f"{label}: its arrays need {limits.size_text(total)}, over lossmap's limit of "
@@ -134,39 +134,40 @@ def read_npz(path: str, load: bool = True):
                 for key, info, dtype, shape, fortran, start in members}
 
 
-def _npz_headers(zf, path, label):
-    """[(key, member, dtype, shape, fortran_order, data offset)], each header checked against its member's size."""
+def npz_headers(zf, file_size, label, fix=NPZ_FIX):
+    """[(key, member, dtype, shape, fortran_order, data offset)] of an .npz (a zip file of `file_size`
+    bytes), each .npy header checked against its member's size; no array data is read."""
     out, keys = [], set()
-    for info in limits.check_members(zf, path, label, NPZ_FIX):
+    for info in limits.check_members(zf, file_size, label, fix):
         if info.filename.endswith("/"):  # a folder entry (zip -r writes them)
             continue
         key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         shown = limits.shown(key)
         if key in keys:
-            raise UserError(f"{label}: two members are named '{shown}'; {NPZ_FIX}")
+            raise UserError(f"{label}: two members are named '{shown}'; {fix}")
         keys.add(key)
-        head = _read_some(zf, info, min(info.file_size, limits.NPY_MAX_HEADER_BYTES + 12), label)
-        dtype, shape, fortran, start = limits.npy_header(head, f"{label}: '{shown}'", NPZ_FIX)
+        head = _read_some(zf, info, min(info.file_size, limits.NPY_MAX_HEADER_BYTES + 12), label, fix)
+        dtype, shape, fortran, start = limits.npy_header(head, f"{label}: '{shown}'", fix)
         if dtype.hasobject:
             raise UserError(f"{label}: '{shown}' holds pickled objects (lossmap never unpickles); "
-                            "save plain arrays with numpy.savez")
+                            + ("save plain arrays with numpy.savez" if fix == NPZ_FIX else fix))
         if dtype.kind not in "biuf":
             raise UserError(f"{label}: '{shown}' has dtype {dtype}; it must be numeric")
         nbytes = limits.npy_bytes(dtype, shape)
         if start + nbytes != info.file_size:
             raise UserError(f"{label}: '{shown}' declares shape {shape} of {dtype} ({limits.size_text(nbytes)}) but "
-                            f"holds {limits.size_text(max(info.file_size - start, 0))}; the file is damaged: {NPZ_FIX}")
+                            f"holds {limits.size_text(max(info.file_size - start, 0))}; the file is damaged: {fix}")
         out.append((key, info, dtype, shape, fortran, start))
     return out
 
 
-def _read_some(zf, info, n, label):
+def _read_some(zf, info, n, label, fix=NPZ_FIX):
     try:
         with zf.open(info) as fh:
             return fh.read(n)
     except limits.ZIP_ERRORS as exc:
         raise UserError(f"{label} is damaged (member '{limits.shown(info.filename)}': {type(exc).__name__}); "
-                        f"{NPZ_FIX}") from exc
+                        f"{fix}") from exc
 
 
 def _npy_data(zf, info, dtype, shape, fortran, start, label):

@@ -158,15 +158,15 @@ def _why(exc) -> str:
     return type(exc).__name__ + (f": {shown(text[0], 120)}" if text else "")
 
 
-def check_members(zf: zipfile.ZipFile, path: str, label: str, fix: str, limits: dict = None) -> list:
-    """The members of `zf`, once their declared sizes are sane (see the module docstring).
+def check_members(zf: zipfile.ZipFile, file_size: int, label: str, fix: str, limits: dict = None) -> list:
+    """The members of `zf` (a zip file of `file_size` bytes), once their declared sizes are sane
+    (see the module docstring).
 
     `limits`: {member name: (largest inflated size, what the member is)}.
     """
     infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
         raise UserError(f"{label} has {len(infos):,} members, over lossmap's limit of {MAX_MEMBERS:,}; {fix}")
-    file_size = os.path.getsize(path)
     seen, total = set(), 0
     for info in infos:
         name = shown(info.filename)

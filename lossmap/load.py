@@ -11,6 +11,7 @@ means tf_keras), or, when the file does not say, `TF_USE_LEGACY_KERAS=1`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import importlib.util
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from lossmap import guards, limits
+from lossmap.batch import npz_headers
 from lossmap.engines import engine_of, make_engine
 from lossmap.errors import UserError
 from lossmap.quiet import import_tensorflow
@@ -73,23 +75,18 @@ def archive_metadata(path: str) -> dict:
         raise UserError(f"{name} is not a .keras archive (not a zip file); save the model with "
                         "model.save('model.keras')")
     with limits.open_zip(path, name, KERAS_FIX) as zf:
-        infos = {i.filename: i for i in limits.check_members(zf, path, name, KERAS_FIX, ARCHIVE_JSON)}
+        infos = {i.filename: i for i in limits.check_members(zf, os.path.getsize(path), name, KERAS_FIX, ARCHIVE_JSON)}
         if "config.json" not in infos:
             raise UserError(f"{name} is a zip file but not a Keras archive (no config.json inside); "
                             "save the model with model.save('model.keras')")
         read = {}
         for member, info in infos.items():  # every member inflated once, checksums checked
             cap = ARCHIVE_JSON.get(member, (None,))[0]
-            keep = cap is not None or (member.endswith(".h5") and info.compress_type != zipfile.ZIP_STORED)
+            keep = cap is not None or (member.endswith((".h5", ".npz")) and info.compress_type != zipfile.ZIP_STORED)
             read[member] = limits.read_member(zf, info, name, KERAS_FIX, keep=keep, cap=cap)
-        for member, info in infos.items():  # the weights' own datasets (HDF5 can compress, too)
-            if member.endswith(".h5"):
-                label = f"{name}: {limits.shown(member)}"
-                if info.compress_type == zipfile.ZIP_STORED:
-                    with limits.MemberWindow(path, info) as window:
-                        limits.check_h5(window, label, KERAS_FIX, info.file_size)
-                else:
-                    limits.check_h5(io.BytesIO(read[member]), label, KERAS_FIX, info.compress_size)
+        for member, info in infos.items():  # the weights' own arrays (HDF5 and .npz compress, too)
+            if member.endswith((".h5", ".npz")):
+                _check_weights_file(path, info, read[member], f"{name}: {limits.shown(member)}")
     config = limits.parse_json(read["config.json"], f"{name}: config.json", KERAS_FIX)
     if not isinstance(config, dict):
         raise UserError(f"{name}: config.json holds {_json_kind(config)}, not a model config; {KERAS_FIX}")
@@ -100,6 +97,21 @@ def archive_metadata(path: str) -> dict:
         meta = _checked_metadata(limits.parse_json(read["metadata.json"], f"{name}: metadata.json", KERAS_FIX), name)
     weights = sum(info.file_size for member, info in infos.items() if member.startswith("model.weights."))
     return {**meta, "weights_bytes": weights}
+
+
+def _check_weights_file(path, info, data, label):
+    """The datasets of an HDF5 weights member, or the arrays of an .npz one, against what they store."""
+    source = limits.MemberWindow(path, info) if info.compress_type == zipfile.ZIP_STORED else io.BytesIO(data)
+    with contextlib.closing(source):
+        if info.filename.endswith(".h5"):
+            limits.check_h5(source, label, KERAS_FIX, info.file_size)
+            return
+        try:
+            inner = zipfile.ZipFile(source)
+        except limits.ZIP_ERRORS as exc:
+            raise UserError(f"{label} is not a NumPy .npz file ({type(exc).__name__}); {KERAS_FIX}") from exc
+        with inner:
+            npz_headers(inner, info.file_size, label, KERAS_FIX)
 
 
 def _check_compile_config(compile_config, label, fix):

@@ -281,6 +281,17 @@ def test_a_config_that_is_no_model_is_exit_2(files, capsys):
     refused(capsys, "check", path, needles=["does not describe a Keras model"], seconds=5.0)
 
 
+def test_npz_weights_holding_a_bomb_are_refused(files, capsys):
+    """Keras can keep the weights as model.weights.npz: a zip inside the zip, checked the same way."""
+    inner = os.path.join(files["dir"], "inner.npz")
+    h = header((2 ** 28,))
+    zipcraft.write_zip(inner, [zipcraft.deflate_bomb("layers/dense/vars/0.npy", h, len(h) + 2 * GiB, b"\0")])
+    with open(inner, "rb") as fh:
+        weights = Member("model.weights.npz", fh.read())
+    path = archive(files, "npz_weights.keras", lambda ms: [m for m in ms if m.name != "model.weights.h5"] + [weights])
+    refused(capsys, "check", path, needles=["model.weights.npz", "inflates to 2.0 GiB", "decompression bomb"])
+
+
 # ---------------------------------------------------------------- tf_keras's layer graph
 def _inbound(config, layer_name):
     return next(l for l in config["config"]["layers"] if l["name"] == layer_name)["inbound_nodes"]
