@@ -203,6 +203,10 @@ def analyse_args(args, sources: bool = False, gradients=None):
     _quiet_tensorflow()
     if args.data is not None and not os.path.exists(args.data):
         raise UserError(f"--data {args.data}: no such file")
+    if args.data is not None:  # its sizes and .npy headers, before TensorFlow starts (lossmap/limits.py)
+        from lossmap.batch import read_npz
+
+        read_npz(args.data, load=False)
     from lossmap.pipeline import analyse
 
     run = analyse

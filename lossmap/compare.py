@@ -52,11 +52,11 @@ def build_both(spec: str, imports=(), unsafe=False) -> dict:
 
     models = {}
     try:
-        models["tf_keras"] = engine_class("tf_keras")().load_archive(spec, safe_mode=not unsafe)
+        models["tf_keras"] = load_module.load_archive(engine_class("tf_keras")(), spec, meta, safe_mode=not unsafe)
     except UserError as exc:
         raise UserError(f"--compare-engines: tf_keras cannot load {os.path.basename(spec)}: {exc}") from exc
     try:
-        models["keras3"] = engine_class("keras3")().load_archive(spec, safe_mode=not unsafe)
+        models["keras3"] = load_module.load_archive(engine_class("keras3")(), spec, meta, safe_mode=not unsafe)
     except UserError as exc:
         raise UserError(f"--compare-engines: Keras 3 cannot load {os.path.basename(spec)} "
                         f"(saved by Keras {meta.get('keras_version') or '?'}): {exc}") from exc

@@ -11,7 +11,9 @@ means tf_keras), or, when the file does not say, `TF_USE_LEGACY_KERAS=1`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import importlib.util
 import json
 import os
@@ -21,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from lossmap import guards, limits
+from lossmap.batch import npz_headers
 from lossmap.engines import engine_of, make_engine
 from lossmap.errors import UserError
 from lossmap.quiet import import_tensorflow
@@ -40,8 +44,21 @@ class Loaded:
     engine_reason: Optional[str] = None  # why this engine explains the model, in words
 
 
+KERAS_FIX = "save the model again with model.save('model.keras')"
+H5_FIX = "save the model again (model.save('model.h5') with tf_keras, or model.save('model.keras'))"
+# Members lossmap reads itself, and the most each may inflate to (see lossmap/limits.py).
+ARCHIVE_JSON = {
+    "config.json": (limits.CONFIG_MAX_BYTES, "a model config"),
+    "metadata.json": (limits.METADATA_MAX_BYTES, "Keras's metadata"),
+}
+
+
 def archive_metadata(path: str) -> dict:
-    """Read a `.keras` archive's metadata without Keras, checking that it is one."""
+    """Read a `.keras` archive's metadata without Keras, checking that it is one.
+
+    Everything Keras will read is checked first, within `lossmap.limits`: declared and
+    actual sizes, checksums, and config.json and metadata.json as JSON.
+    """
     name = os.path.basename(path)
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file; give a .keras archive or a factory file.py:function")
@@ -57,24 +74,86 @@ def archive_metadata(path: str) -> dict:
                                 "again with model.save('model.keras')")
         raise UserError(f"{name} is not a .keras archive (not a zip file); save the model with "
                         "model.save('model.keras')")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if "config.json" not in names:
-                raise UserError(f"{name} is a zip file but not a Keras archive (no config.json inside); "
-                                "save the model with model.save('model.keras')")
-            bad = zf.testzip()
-            if bad is not None:
-                raise UserError(f"{name} is damaged ({bad} fails its checksum); save the model again")
-            meta = {}
-            if "metadata.json" in names:
-                meta = json.loads(zf.read("metadata.json").decode("utf-8"))
-            json.loads(zf.read("config.json").decode("utf-8"))
-            return meta
-    except UserError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{name} is truncated or damaged ({type(exc).__name__}); save the model again") from exc
+    with limits.open_zip(path, name, KERAS_FIX) as zf:
+        infos = {i.filename: i for i in limits.check_members(zf, os.path.getsize(path), name, KERAS_FIX, ARCHIVE_JSON)}
+        if "config.json" not in infos:
+            raise UserError(f"{name} is a zip file but not a Keras archive (no config.json inside); "
+                            "save the model with model.save('model.keras')")
+        read = {}
+        for member, info in infos.items():  # every member inflated once, checksums checked
+            cap = ARCHIVE_JSON.get(member, (None,))[0]
+            keep = cap is not None or (member.endswith((".h5", ".npz")) and info.compress_type != zipfile.ZIP_STORED)
+            read[member] = limits.read_member(zf, info, name, KERAS_FIX, keep=keep, cap=cap)
+        for member, info in infos.items():  # the weights' own arrays (HDF5 and .npz compress, too)
+            if member.endswith((".h5", ".npz")):
+                _check_weights_file(path, info, read[member], f"{name}: {limits.shown(member)}")
+    config = limits.parse_json(read["config.json"], f"{name}: config.json", KERAS_FIX)
+    if not isinstance(config, dict):
+        raise UserError(f"{name}: config.json holds {_json_kind(config)}, not a model config; {KERAS_FIX}")
+    _check_compile_config(config.get("compile_config"), f"{name}: config.json", KERAS_FIX)
+    guards.check_layer_graph(config, f"{name}: config.json", KERAS_FIX)
+    meta = {}
+    if "metadata.json" in read:
+        meta = _checked_metadata(limits.parse_json(read["metadata.json"], f"{name}: metadata.json", KERAS_FIX), name)
+    weights = sum(info.file_size for member, info in infos.items() if member.startswith("model.weights."))
+    return {**meta, "weights_bytes": weights}
+
+
+def _check_weights_file(path, info, data, label):
+    """The datasets of an HDF5 weights member, or the arrays of an .npz one, against what they store."""
+    source = limits.MemberWindow(path, info) if info.compress_type == zipfile.ZIP_STORED else io.BytesIO(data)
+    with contextlib.closing(source):
+        if info.filename.endswith(".h5"):
+            limits.check_h5(source, label, KERAS_FIX, info.file_size)
+            return
+        try:
+            inner = zipfile.ZipFile(source)
+        except limits.ZIP_ERRORS as exc:
+            raise UserError(f"{label} is not a NumPy .npz file ({type(exc).__name__}); {KERAS_FIX}") from exc
+        with inner:
+            npz_headers(inner, info.file_size, label, KERAS_FIX)
+
+
+def _check_compile_config(compile_config, label, fix):
+    """Refuse a compile config nested deeper than `limits.COMPILE_CONFIG_MAX_DEPTH` (see there why),
+    or whose loss weights are not numbers (tf_keras takes any value and fails only when it multiplies)."""
+    depth = limits.json_depth(compile_config, limits.COMPILE_CONFIG_MAX_DEPTH + 1)
+    if depth > limits.COMPILE_CONFIG_MAX_DEPTH:
+        raise UserError(f"{label}: its compile config (optimizer, loss, metrics) is nested over "
+                        f"{limits.COMPILE_CONFIG_MAX_DEPTH} levels deep, which a model's compile() never writes; {fix}")
+    weights = compile_config.get("loss_weights") if isinstance(compile_config, dict) else None
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in _leaves(weights)):
+        raise UserError(f"{label}: its compile config gives loss_weights {limits.shown(json.dumps(weights), 60)}, "
+                        f"not numbers; {fix}")
+
+
+def _leaves(value):
+    """The scalars of a JSON structure (a structure of loss weights follows the outputs')."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            yield item
+
+
+def _checked_metadata(meta, name) -> dict:
+    """metadata.json as lossmap uses it: an object whose keras_version, when there, is a version string."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{name}: metadata.json holds {_json_kind(meta)}, not Keras's metadata; {KERAS_FIX}")
+    version = meta.get("keras_version")
+    if version is not None and not (isinstance(version, str) and limits.VERSION_PATTERN.fullmatch(version)):
+        raise UserError(f"{name}: metadata.json gives keras_version {limits.shown(json.dumps(version), 40)}, not a "
+                        f"version string; {KERAS_FIX}")
+    return meta
+
+
+def _json_kind(value) -> str:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def import_modules(modules):
@@ -193,17 +272,43 @@ def h5_metadata(path: str) -> dict:
         import h5py
 
         with h5py.File(path, "r") as f:
-            attrs = {k: _attr_text(f.attrs[k]) for k in ("keras_version", "backend", "model_config") if k in f.attrs}
+            attrs = {k: _attr_text(f.attrs[k]) for k in ("keras_version", "backend", "model_config", "training_config")
+                     if k in f.attrs}
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"{name} is an HDF5 file that cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
                         "save the model again (model.save('model.keras') with Keras 3, or "
                         "model.save('model.h5') with tf_keras)") from exc
+    limits.check_h5(path, name, H5_FIX, os.path.getsize(path))
     if "model_config" not in attrs:
         raise UserError(f"{name} holds weights only (no model config in the HDF5 file); lossmap needs the whole "
                         "model: save it with model.save('model.h5') (tf_keras) or model.save('model.keras')")
-    return {"format": "h5", "keras_version": attrs.get("keras_version"), "backend": attrs.get("backend")}
+    config = attrs["model_config"]
+    if len(config) > limits.CONFIG_MAX_BYTES:
+        raise UserError(f"{name}: its model config is {limits.size_text(len(config))}, over lossmap's limit of "
+                        f"{limits.size_text(limits.CONFIG_MAX_BYTES)} for a model config; {H5_FIX}")
+    parsed = limits.parse_json(_utf8(config), f"{name}: the model config", H5_FIX)
+    if not isinstance(parsed, dict):
+        raise UserError(f"{name}: its model config is not a JSON object; {H5_FIX}")
+    guards.check_layer_graph(parsed, f"{name}: the model config", H5_FIX)
+    training = attrs.get("training_config")
+    if training is not None:
+        if len(training) > limits.CONFIG_MAX_BYTES:
+            raise UserError(f"{name}: its training config is {limits.size_text(len(training))}, over lossmap's limit "
+                            f"of {limits.size_text(limits.CONFIG_MAX_BYTES)}; {H5_FIX}")
+        parsed = limits.parse_json(_utf8(training), f"{name}: the training config", H5_FIX)
+        _check_compile_config(parsed, name, H5_FIX)
+    version = attrs.get("keras_version")
+    if version is not None and not limits.VERSION_PATTERN.fullmatch(version):
+        raise UserError(f"{name}: keras_version {limits.shown(version, 40)} is not a version string; {H5_FIX}")
+    return {"format": "h5", "keras_version": attrs.get("keras_version"), "backend": attrs.get("backend"),
+            "weights_bytes": os.path.getsize(path)}
+
+
+def _utf8(text: str) -> bytes:
+    """An attribute's text as the bytes it was (h5py keeps bytes that are not UTF-8 as surrogates)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _attr_text(value):
@@ -277,8 +382,30 @@ def load(model, *, imports=(), unsafe=False, engine="auto", keras_module=None) -
         return Loaded(built, eng, spec, None, owned=True, engine_reason=eng.reason)
     meta = archive_metadata(spec)
     eng = choose_engine(engine, meta)
-    loaded = eng.load_archive(spec, safe_mode=not unsafe)
+    loaded = load_archive(eng, spec, meta, safe_mode=not unsafe)
     return Loaded(loaded, eng, spec, meta.get("keras_version"), owned=True, engine_reason=eng.reason)
+
+
+def load_archive(eng, path: str, meta: dict, safe_mode: bool = True):
+    """`eng.load_archive(path)` within lossmap's guards (`lossmap.guards`).
+
+    The variables the config makes Keras create are bounded by the weights the file
+    holds (`meta["weights_bytes"]`, from `archive_metadata`), and what Keras warns about
+    a file it then refuses is left to the one-line error.
+    """
+    budget = guards.VariableBudget(path, meta.get("weights_bytes"))
+    with guards.held_back(), budget.watching(eng.name):
+        try:
+            model = eng.load_archive(path, safe_mode=safe_mode)
+        except UserError as exc:
+            budget.check(exc)
+            raise
+    budget.check()
+    if not eng.is_model(model):  # a config Keras deserialized into something else (its "config" key renamed...)
+        raise UserError(f"{os.path.basename(path)}: config.json does not describe a Keras model (Keras built "
+                        f"{limits.shown(type(model).__name__, 40)} from it); {KERAS_FIX}")
+    guards.check_sample_size(model, path)
+    return model
 
 
 def _looks_like_model(obj) -> bool:

@@ -23,6 +23,7 @@ class TensorSpec:
 @dataclass
 class OutputSpec(TensorSpec):
     loss_fn: Optional[str] = None  # name of the built-in loss function scoring it, if known
+    ignore_class: Optional[int] = None  # sparse crossentropy's ignore_class: a label value Keras leaves out
 
 
 @dataclass

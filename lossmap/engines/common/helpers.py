@@ -4,6 +4,7 @@ batch structures, load errors in words, and the facts engine differences read.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -73,6 +74,12 @@ def builtin_fn_name(loss_fn, loss_base, wrapper_cls, losses_module: str, builtin
     return name if name in builtin_names else None
 
 
+def ignore_class_of(loss) -> Optional[int]:
+    """The `ignore_class` a built-in sparse crossentropy was given (a label value it leaves out), or None."""
+    value = (getattr(loss, "_fn_kwargs", None) or {}).get("ignore_class")
+    return value if isinstance(value, int) else None
+
+
 def is_builtin_regularizer(reg, regularizers_module: str, builtin_names) -> bool:
     if reg is None:
         return False
@@ -123,6 +130,52 @@ def int_input_bound(model) -> int:
     return bound or 2
 
 
+def gist(exc) -> str:
+    """The first line of an error, with the next one when the first only announces it
+    ("Exception encountered when calling layer 'norm' ...", "... Example error message for object <Dense>:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if len(lines) > 1 and (first.endswith(":") or first.startswith("Exception encountered when calling")):
+        first = f"{first} {lines[1]}"
+    return first[:400]
+
+
+@contextlib.contextmanager
+def calling_the_model(model):
+    """The model's own forward pass: what it raises is the model's failure (exit 2, one line), not lossmap's."""
+    from lossmap.errors import UserError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"model '{getattr(model, 'name', '?')}' fails when it is called on the batch: "
+                        f"{type(exc).__name__}: {gist(exc)} (a config value Keras accepted when loading, or the "
+                        "model's own code; run with --debug for the traceback)") from exc
+
+
+@contextlib.contextmanager
+def keras_fails_too(model, keras_error):
+    """lossmap's own calls of the model's losses and regularizers. When Keras's own compute_loss
+    failed on the same pass (`keras_error`), what they raise is the model's failure (exit 2, one
+    line); when Keras succeeded, it is lossmap's (it propagates)."""
+    from lossmap.errors import UserError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if keras_error is None:
+            raise
+        raise UserError(f"model '{getattr(model, 'name', '?')}': Keras cannot compute its loss ({keras_error}), "
+                        "and neither can lossmap (a loss or regularizer config value Keras accepted when loading, "
+                        "or the model's own code; run with --debug for the traceback)") from exc
+
+
 def explain_load_error(path, exc) -> str:
     """Why Keras could not load `path`, in one line that says what to do."""
     text = str(exc)
@@ -139,11 +192,37 @@ def explain_load_error(path, exc) -> str:
         return (f"{name} uses a custom {missing.group(1)} '{missing.group(2)}'{where} that Keras does not know; "
                 f"import the module that defines and registers it with {how} (a module name or path/to/file.py), "
                 "or load the model through a factory file.py:function")
+    mismatch = weights_mismatch(text)
+    if mismatch:
+        variable, want, got = mismatch
+        layer = variable.rpartition("/")[0] or variable
+        return (f"{name}: layer '{layer}' does not match its saved weights: {variable} is {want} in the model's "
+                f"config but {got} in its weights file (config and weights of different models); save the model "
+                "again with model.save()")
     if "Could not locate" in text or "Unknown" in text and ("layer" in text or "object" in text or "loss" in text):
         first = one_line(exc)
         return (f"{name} uses a custom object Keras does not know ({first}); register it with "
                 "--import MODULE (the module that defines it) or load through a factory file.py:function")
-    return f"could not load {name} as a Keras 3 model: {one_line(exc)}"
+    return f"could not load {name} as a Keras 3 model: {gist(exc)}"
+
+
+# How Keras 3 and tf_keras say that a saved weight has another shape than the variable the config built.
+_MISMATCH = (
+    re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))\. "
+               r"Target variable: <Variable path=([^,>]+)"),
+    re.compile(r"Cannot assign value to variable '\s*([^':]+)(?::\d+)?': Shape mismatch\.\s*The variable shape "
+               r"(\([^)]*\)), and the assigned value shape (\([^)]*\))"),
+)
+
+
+def weights_mismatch(text):
+    """(variable path, shape in the model, shape saved) when `text` is a loading error about a weight's shape."""
+    keras3, tf_keras = (p.search(text) for p in _MISMATCH)
+    if keras3:
+        return keras3.group(3).strip(), keras3.group(1), keras3.group(2)
+    if tf_keras:
+        return tf_keras.group(1).strip(), tf_keras.group(2), tf_keras.group(3)
+    return None
 
 
 def shared_facts(engine, sig) -> dict:

@@ -18,9 +18,11 @@ from lossmap.engines.common.helpers import (
     as_numpy,
     builtin_fn_name as _builtin_fn_name_in,
     call_regularizer,
+    calling_the_model,
     code_origin,
     is_builtin_regularizer as _is_builtin_regularizer_in,
     jsonable,
+    keras_fails_too,
     one_line,
     reg_config,
 )
@@ -45,7 +47,7 @@ def _capture(engine, model, batch: Batch, sig: Signature, tape) -> Capture:
     keras = engine.keras
     xs, ys, sw = engine.pack_batch(model, sig, batch)
     probe = _LossProbe(model)
-    with probe:
+    with probe, calling_the_model(model):
         y_pred = model(xs, training=True) if model._call_has_training_arg else model(xs)
     # Read from Keras's source (libcst: import and parse, most of a second) only when
     # an activity regularizer is there: no other term depends on it.
@@ -58,8 +60,9 @@ def _capture(engine, model, batch: Batch, sig: Signature, tape) -> Capture:
     except Exception as exc:
         compute_error = one_line(exc)
 
-    compiled = _compiled_captures(engine, model, sig, ys, y_pred, sw)
-    additional = _layer_losses(model, probe, normalised) + _weight_regularizers(engine, model)
+    with keras_fails_too(model, compute_error):
+        compiled = _compiled_captures(engine, model, sig, ys, y_pred, sw)
+        additional = _layer_losses(model, probe, normalised) + _weight_regularizers(engine, model)
     result = Capture(
         compiled=compiled,
         additional=additional,

@@ -18,7 +18,7 @@ import numpy as np
 
 from lossmap.engines.base import Batch, Capture, OutputSpec, Signature, TensorSpec, Verification
 from lossmap.engines.common.engine import KerasEngine
-from lossmap.engines.common.helpers import explain_load_error, int_input_bound, one_line, pack
+from lossmap.engines.common.helpers import explain_load_error, ignore_class_of, int_input_bound, one_line, pack
 from lossmap.engines.keras3 import capture as _capture, state as _state, steps as _steps, train_step as _train_step
 from lossmap.engines.keras3.rules import KERAS3
 from lossmap.errors import UserError
@@ -149,25 +149,27 @@ class Keras3Engine(KerasEngine):
             kind = "single"
             flat = [(names[0] if names else "output", struct)]
         fns = self._loss_fn_by_output(model, kind, [n for n, _ in flat], [t for _, t in flat])
-        specs = [OutputSpec(n, tuple(t.shape), str(t.dtype), loss_fn=fns.get(n)) for n, t in flat]
+        specs = [OutputSpec(n, tuple(t.shape), str(t.dtype), loss_fn=fns.get(n, (None, None))[0],
+                            ignore_class=fns.get(n, (None, None))[1]) for n, t in flat]
         return specs, kind
 
     def _loss_fn_by_output(self, model, kind, names, tensors):
-        """Which built-in loss scores each output, from Keras's own CompileLoss.build."""
+        """{output: (built-in loss name, ignore_class)}, from Keras's own CompileLoss.build."""
         compile_loss = getattr(model, "_compile_loss", None)
         if compile_loss is None:
             return {}
         if not compile_loss.built:
-            zeros = [np.zeros([d or 1 for d in t.shape], t.dtype) for t in tensors]
+            # build reads shapes only: zero-stride views of one zero, however large the outputs
+            zeros = [np.broadcast_to(np.zeros((), t.dtype), [d or 1 for d in t.shape]) for t in tensors]
             y_pred = pack(kind, names, zeros)
-            y_true = pack(kind, names, [np.zeros_like(z) for z in zeros])
+            y_true = pack(kind, names, list(zeros))
             try:
                 compile_loss.build(y_true, y_pred)
             except Exception as exc:
                 raise UserError(f"the model's compiled loss does not fit its outputs: {one_line(exc)}") from exc
         out = {}
         for path, loss_fn, _, _ in compile_loss._flat_losses:
-            out[_capture.output_name(path, kind, names)] = _capture.builtin_fn_name(loss_fn)
+            out[_capture.output_name(path, kind, names)] = (_capture.builtin_fn_name(loss_fn), ignore_class_of(loss_fn))
         return out
 
     def pack_batch(self, model, sig: Signature, batch: Batch):

@@ -17,9 +17,11 @@ from lossmap.engines.common.helpers import (
     as_numpy,
     builtin_fn_name as _builtin_fn_name_in,
     call_regularizer,
+    calling_the_model,
     code_origin,
     is_builtin_regularizer as _is_builtin_regularizer_in,
     jsonable,
+    keras_fails_too,
     one_line,
     reg_config,
 )
@@ -30,7 +32,7 @@ def capture(engine, model, batch: Batch, sig: Signature) -> Capture:
     """One training-mode forward pass and everything the terms need from it."""
     xs, ys, sw = engine.packed_tensors(model, sig, batch)
     probe = _LossProbe(engine)
-    with probe:
+    with probe, calling_the_model(model):
         y_pred = model(xs, training=True)
     normalised = probe.saw_activity and activity_loss_divided_by_batch()
 
@@ -44,12 +46,13 @@ def capture(engine, model, batch: Batch, sig: Signature) -> Capture:
         compute_error = one_line(exc)
 
     compiled, loss_free = [], []
-    for entry in compiled_entries(engine, model, sig, ys, y_pred, sw):
-        if entry["loss"] is None or entry["y_true"] is None:
-            loss_free.append(entry["output"])
-            continue
-        compiled.append(_capture_compiled(entry))
-    additional = _capture_additional(model, probe, normalised)
+    with keras_fails_too(model, compute_error):
+        for entry in compiled_entries(engine, model, sig, ys, y_pred, sw):
+            if entry["loss"] is None or entry["y_true"] is None:
+                loss_free.append(entry["output"])
+                continue
+            compiled.append(_capture_compiled(entry))
+        additional = _capture_additional(model, probe, normalised)
     return Capture(
         compiled=compiled,
         additional=additional,

@@ -25,7 +25,7 @@ from typing import Optional
 
 from lossmap.engines.base import Batch, Capture, OutputSpec, Signature, TensorSpec, Verification
 from lossmap.engines.common.engine import KerasEngine
-from lossmap.engines.common.helpers import explain_load_error, int_input_bound, one_line, pack
+from lossmap.engines.common.helpers import explain_load_error, ignore_class_of, int_input_bound, one_line, pack
 from lossmap.engines.tf_keras import capture as _capture, state as _state, steps as _steps, train_step as _train_step
 from lossmap.engines.tf_keras.rules import TF_KERAS
 from lossmap.errors import UserError
@@ -175,11 +175,12 @@ class TfKerasEngine(KerasEngine):
         specs = []
         for i, (n, t) in enumerate(flat):
             spec = self._spec(n, t)
-            specs.append(OutputSpec(spec.name, spec.shape, spec.dtype, loss_fn=fns[i] if i < len(fns) else None))
+            fn, ignore = fns[i] if i < len(fns) else (None, None)
+            specs.append(OutputSpec(spec.name, spec.shape, spec.dtype, loss_fn=fn, ignore_class=ignore))
         return specs, kind
 
     def _loss_fn_by_output(self, model, tensors, kind, names):
-        """The built-in loss function scoring each flat output, from tf_keras's own LossesContainer.build."""
+        """(built-in loss name, ignore_class) for each flat output, from tf_keras's own LossesContainer.build."""
         container = getattr(model, "compiled_loss", None)
         if container is None:
             return []
@@ -189,7 +190,8 @@ class TfKerasEngine(KerasEngine):
                 container.build(pack(kind, names, zeros))
             except Exception as exc:
                 raise UserError(f"the model's compiled loss does not fit its outputs: {one_line(exc)}") from exc
-        return [_capture.builtin_fn_name(loss) if loss is not None else None for loss in container._losses]
+        return [(_capture.builtin_fn_name(loss), ignore_class_of(loss)) if loss is not None else (None, None)
+                for loss in container._losses]
 
     def pack_batch(self, model, sig: Signature, batch: Batch):
         xs = pack(sig.input_structure, [i.name for i in sig.inputs], [batch.x[i.name] for i in sig.inputs])
