@@ -8,8 +8,11 @@ units + layers + variables, not with their product:
     unit["per_layer"]: [[layer index, norm], ...]              non-zero only, model order, 6 significant digits
     unit["reach"]:     {"layers": [[start, stop], ...],        half-open index ranges into the tables
                         "variables": [[start, stop], ...]}
+    "pairs": {"fields": PAIR_FIELDS, "rows": [[a, b, ...]]}    a row per pair of units that share weights,
+                                                              a and b by index into "units"; its per_layer
+                                                              as [[layer index, cosine], ...]
 
-`per_layer`, `reach` and `unit_of` give the names back for a unit or a term.
+`per_layer`, `reach`, `unit_of` and `pairs` give the names back.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import math
 from typing import Optional
 
 DIGITS = 6  # significant digits of a per-layer norm: float32 gradients carry about 7
+PAIR_FIELDS = ["a", "b", "cosine", "shared_variables", "norm_a", "norm_b", "imbalance_a_over_b",
+               "imbalance_b_over_a", "per_layer"]
 
 
 def layer_of(variable_path: str) -> str:
@@ -24,6 +29,7 @@ def layer_of(variable_path: str) -> str:
 
 
 def rounded(x: float) -> float:
+    """`x` to `DIGITS` significant digits (what per-layer norms and pairwise statistics are written at)."""
     return float(f"{x:.{DIGITS}g}") if math.isfinite(x) else x
 
 
@@ -51,6 +57,9 @@ class Tables:
         self.layers = list(dict.fromkeys(layer_of(v) for v in self.variables))
         self._var = {v: i for i, v in enumerate(self.variables)}
         self._layer = {name: i for i, name in enumerate(self.layers)}
+
+    def layer_index(self, name: str) -> int:
+        return self._layer[name]
 
     def unit_fields(self, per_layer_sq: dict, per_var: dict) -> dict:
         """A unit's `per_layer` and `reach` from its squared norms per layer and its variables."""
@@ -81,3 +90,24 @@ def reach(gradients: dict, unit: dict) -> dict:
     runs = unit.get("reach") or {}
     return {"layers": [gradients["layers"][i] for i in expand(runs.get("layers") or ())],
             "variables": [gradients["variables"][i] for i in expand(runs.get("variables") or ())]}
+
+
+def pair_table(pairs: list, unit_ids: list) -> dict:
+    """Pairs (dicts of PAIR_FIELDS, units by id) as the JSON's table: one row each, units by index."""
+    index = {uid: i for i, uid in enumerate(unit_ids)}
+    rows = [[index[p["a"]], index[p["b"]]] + [p[f] for f in PAIR_FIELDS[2:]] for p in pairs]
+    return {"fields": list(PAIR_FIELDS), "rows": rows}
+
+
+def pairs(gradients: dict) -> list:
+    """The pairs as dicts: "a" and "b" the units' ids, "per_layer" {layer name: cosine}."""
+    table = gradients.get("pairs") or {}
+    ids = [u["id"] for u in gradients.get("units") or ()]
+    names = gradients.get("layers") or []
+    out = []
+    for row in table.get("rows") or ():
+        p = dict(zip(table["fields"], row))
+        p["a"], p["b"] = ids[p["a"]], ids[p["b"]]
+        p["per_layer"] = {names[i]: cosine for i, cosine in p.get("per_layer") or ()}
+        out.append(p)
+    return out

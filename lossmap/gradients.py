@@ -247,9 +247,9 @@ def summarise(acc: Accumulator, finish: dict, optimizer: Optional[str], limit: i
         for tid in u.term_ids:
             terms[tid] = entry
         unit_entries.append({"id": u.id, "label": u.label, "kind": u.kind, "terms": u.term_ids,
-                             "grouped": u.grouped, **{k: v for k, v in entry.items() if k not in ("unit", "grouped")},
+                             "grouped": u.grouped, "norm": entry["norm"],
                              **tables.unit_fields(u.per_layer_sq, u.per_var)})
-    pairs = _pairs(acc, {u.id: u for u in units})
+    pairs = _pairs(acc, {u.id: u for u in units}, tables)
     return {
         "method": "one backward pass per trunk-sharing term (up to the limit, then one per group); "
                   "weight regularizers differentiated from their own variables, a batch of them per pass",
@@ -260,7 +260,7 @@ def summarise(acc: Accumulator, finish: dict, optimizer: Optional[str], limit: i
         "variables": tables.variables,
         "units": unit_entries,
         "terms": terms,
-        "pairs": pairs,
+        "pairs": layout.pair_table(pairs, [u.id for u in units]),
         "cosine": _cosine_matrix([u.id for u in units], pairs),
         "notes": notes,
     }
@@ -278,37 +278,44 @@ def _term_entry(u: Unit, total_sq: float, total_norm: float, total_var_sq: dict)
     }
 
 
-def _pairs(acc: Accumulator, by_id: dict) -> list:
-    """Pairwise statistics on the variables both units reach."""
+def _pairs(acc: Accumulator, by_id: dict, tables) -> list:
+    """Pairwise statistics on the variables both units reach (6 significant digits)."""
     pairs = []
     for (a, b), per_var in acc.dots.items():
         ua, ub = by_id[a], by_id[b]
         common = sorted(per_var)
         if not common:
             continue
-        dot = sum(per_var.values())
-        na = math.sqrt(sum(ua.per_var[v][0] for v in common))
-        nb = math.sqrt(sum(ub.per_var[v][0] for v in common))
+        dot = math.fsum(per_var.values())
+        na = math.sqrt(math.fsum(ua.per_var[v][0] for v in common))
+        nb = math.sqrt(math.fsum(ub.per_var[v][0] for v in common))
         pairs.append({
-            "a": a, "b": b, "cosine": dot / (na * nb) if na > 0 and nb > 0 else None,
-            "per_layer": _per_layer_cosine(ua, ub, per_var, common),
+            "a": a, "b": b, "cosine": _round(dot / (na * nb) if na > 0 and nb > 0 else None),
+            "per_layer": _per_layer_cosine(ua, ub, per_var, tables),
             "shared_variables": len(common),
-            "norm_a": na, "norm_b": nb,
-            "imbalance_a_over_b": _imbalance(ua, ub, common),
-            "imbalance_b_over_a": _imbalance(ub, ua, common),
+            "norm_a": _round(na), "norm_b": _round(nb),
+            "imbalance_a_over_b": _round(_imbalance(ua, ub, common)),
+            "imbalance_b_over_a": _round(_imbalance(ub, ua, common)),
         })
     return pairs
 
 
-def _per_layer_cosine(ua: Unit, ub: Unit, per_var: dict, common: list) -> dict:
-    out = {}
-    for layer in sorted({layer_of(v) for v in common}):
-        vs = [v for v in common if layer_of(v) == layer]
-        d = sum(per_var[v] for v in vs)
-        la = math.sqrt(sum(ua.per_var[v][0] for v in vs))
-        lb = math.sqrt(sum(ub.per_var[v][0] for v in vs))
-        out[layer] = d / (la * lb) if la > 0 and lb > 0 else None
-    return out
+def _round(x):
+    return None if x is None else layout.rounded(x)
+
+
+def _per_layer_cosine(ua: Unit, ub: Unit, per_var: dict, tables) -> list:
+    """[[layer index, cosine on that layer's shared variables]], model order."""
+    by_layer: dict = {}
+    for v, d in per_var.items():
+        by_layer.setdefault(layer_of(v), []).append((v, d))
+    out = []
+    for layer, items in by_layer.items():
+        d = math.fsum(x for _, x in items)
+        la = math.sqrt(math.fsum(ua.per_var[v][0] for v, _ in items))
+        lb = math.sqrt(math.fsum(ub.per_var[v][0] for v, _ in items))
+        out.append([tables.layer_index(layer), _round(d / (la * lb)) if la > 0 and lb > 0 else None])
+    return sorted(out, key=lambda item: item[0])
 
 
 def _cosine_matrix(cos_ids: list, pairs: list) -> dict:
@@ -371,14 +378,15 @@ def findings(gradients: dict, analysis_terms) -> list:
                                "for the optimizer (computed only from inputs/targets, through a "
                                "stop_gradient, on frozen weights, or constant by construction such as "
                                "L1 of a softmax) and trains nothing"))
-    for p in gradients["pairs"]:
+    pairs = layout.pairs(gradients)
+    for p in pairs:
         if p["cosine"] is not None and p["cosine"] < CONFLICT_COSINE:
             out.append(Finding("GRADIENT_CONFLICT", "warning", p["b"],
                                f"{p['a']} and {p['b']} pull the {p['shared_variables']} weights they share in "
                                f"opposing directions (cosine {p['cosine']:.2f}); summed, they partly cancel"))
     # A term drowned by the largest gradient it shares weights with: one finding per term.
     largest = {}
-    for p in gradients["pairs"]:
+    for p in pairs:
         for small, big, nsmall, nbig in ((p["a"], p["b"], p["norm_a"], p["norm_b"]),
                                          (p["b"], p["a"], p["norm_b"], p["norm_a"])):
             if nsmall > 0 and (small not in largest or nbig / nsmall > largest[small][0]):

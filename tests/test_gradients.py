@@ -85,10 +85,10 @@ def test_heads_reach_trunk_and_their_own_head_only(analysis):
 
 
 def test_opposed_terms_have_cosine_minus_one(analysis):
-    pair = next(p for p in analysis.gradients["pairs"]
+    pair = next(p for p in layout.pairs(analysis.gradients)
                 if {p["a"], p["b"]} == {"add_loss/opposed/0", "add_loss/opposed/1"})
     assert pair["cosine"] == pytest.approx(-1.0, abs=1e-12)
-    assert pair["per_layer"]["opposed"] == pytest.approx(-1.0, abs=1e-12)
+    assert pair["per_layer"] == {"opposed": pytest.approx(-1.0, abs=1e-12)}
     # |3 sum(w)| against |-0.5 sum(w)|: gradients 3*1 and -0.5*1 on each weight
     assert pair["imbalance_a_over_b"] == pytest.approx(6.0)
     assert any(f.code == "GRADIENT_CONFLICT" for f in analysis.findings)
@@ -197,6 +197,12 @@ def test_layout_grows_with_units_plus_layers():
     assert group["reach"] == {"layers": [[0, 12]], "variables": [[0, 24]]}
     assert all(set(e) == {"unit", "grouped", "norm", "share", "norm_share", "dead"} for e in g["terms"].values())
     assert g["terms"]["activity/d3"]["unit"] == group["id"]
+    # pairs: a row each, units by index; read back as dicts with ids and per-layer names
+    assert g["pairs"]["fields"] == layout.PAIR_FIELDS and g["pairs"]["rows"]
+    ids = [u["id"] for u in g["units"]]
+    for row, p in zip(g["pairs"]["rows"], layout.pairs(g)):
+        assert (p["a"], p["b"]) == (ids[row[0]], ids[row[1]])
+        assert set(p["per_layer"]) <= set(g["layers"])
 
 
 def test_grouping_keeps_per_layer_breakdown():

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from lossmap import gradient_layout as layout
 from lossmap.analysis import Analysis, BatchInfo, ModelInfo, Term, Total
 from lossmap.render import anchor_id, svg
 
@@ -70,11 +71,11 @@ def fake_gradients(terms, cosines=None, dead=(), matrix=True):
     for (a, b), c in (cosines or {}).items():
         i, j = ids.index(a), ids.index(b)
         m[i][j] = m[j][i] = c
-        pairs.append({"a": a, "b": b, "cosine": c, "per_layer": {}, "shared_variables": 3,
+        pairs.append({"a": a, "b": b, "cosine": c, "per_layer": [], "shared_variables": 3,
                       "norm_a": 1.0, "norm_b": 1.0, "imbalance_a_over_b": 1.0, "imbalance_b_over_a": 1.0})
     return {"method": "fake", "limit": 8, "optimizer": "Adam", "total_norm": 1.0, "layers": layers, "variables": [],
             "units": units,
-            "terms": entries, "pairs": pairs,
+            "terms": entries, "pairs": layout.pair_table(pairs, ids),
             "cosine": {"units": ids if matrix else None, "matrix": m if matrix else None}, "notes": []}
 
 
@@ -238,7 +239,8 @@ def test_no_grouping_at_the_threshold():
 def test_gradient_charts_absent_or_empty():
     a = analysis(small_terms())
     assert svg.gradient_share_bars(a) == svg.layer_heatmap(a) == svg.cosine_heatmap(a) == ""
-    empty = {"units": [], "terms": {}, "pairs": [], "cosine": {"units": None, "matrix": None}}
+    empty = {"units": [], "terms": {}, "pairs": {"fields": layout.PAIR_FIELDS, "rows": []},
+             "cosine": {"units": None, "matrix": None}}
     a = analysis(small_terms(), empty)
     assert svg.gradient_share_bars(a) == svg.layer_heatmap(a) == svg.cosine_heatmap(a) == ""
     a = analysis(small_terms(), {})

@@ -80,7 +80,8 @@ def _gradient_view(g, term_id):
     if entry is None:
         return None
     unit = layout.unit_of(g, term_id) or {}
-    return dict(entry, layers=sum(stop - start for start, stop in (unit.get("reach") or {}).get("layers", ())))
+    return dict(entry, layers=sum(stop - start for start, stop in (unit.get("reach") or {}).get("layers", ())),
+                members=len(unit.get("terms") or ()))
 
 
 def _kind_sections(analysis, rows: list, scale: float) -> list:
@@ -352,5 +353,5 @@ def _environment(analysis, command):
 
 def json_script(doc) -> str:
     """JSON safe inside <script type="application/json">: no '</' or '<!--' can end the element."""
-    text = json.dumps(doc, indent=1, allow_nan=False)
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)  # compact: this page's largest part
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

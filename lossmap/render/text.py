@@ -122,7 +122,7 @@ def _conflicts(analysis):
     g = analysis.gradients
     if not g:
         return []
-    pairs = [p for p in g["pairs"] if p["cosine"] is not None and p["cosine"] < 0]
+    pairs = [p for p in layout.pairs(g) if p["cosine"] is not None and p["cosine"] < 0]
     pairs.sort(key=lambda p: p["cosine"])
     return [f"{p['a']} vs {p['b']}: cosine {p['cosine']:.2f} on {p['shared_variables']} shared variables"
             for p in pairs[:10]]
