@@ -179,19 +179,26 @@ def _capture(runs, batch, sig, shapes, limit, derive):
     """One forward pass: every term as Keras computes it, and the terms built from them; with a gradient
     `limit`, the backward passes on that pass (an attribution pending verification's gradient)."""
     eng, m = runs.eng, runs.model
+    pending = None
     with runs.seeded():
         with keras_refusals("forward pass and loss", shapes):
             capture = eng.capture(m, batch, sig, keep_tape=limit is not None)
             terms = _unique_ids(build_terms(capture, eng.rules))
         _release_term_arrays(capture)
-        pending = None
         try:
-            if limit is not None and terms:
-                with keras_refusals("gradient computation", shapes):
-                    pending = eng.begin_attribution(m, batch, sig, terms, limit, capture=capture, derive=derive)
+            if limit is not None and terms and capture.gradient_context is not None:
+                pending = _begin_attribution(runs, batch, sig, shapes, terms, limit, capture, derive)
         finally:
             capture.gradient_context = None  # the recorded pass, whatever happened
-        return capture, terms, pending
+    if limit is not None and terms and pending is None:
+        with runs.seeded():  # an engine that tapes a pass of its own: seeded as every other pass is
+            pending = _begin_attribution(runs, batch, sig, shapes, terms, limit, None, derive)
+    return capture, terms, pending
+
+
+def _begin_attribution(runs, batch, sig, shapes, terms, limit, capture, derive):
+    with keras_refusals("gradient computation", shapes):
+        return runs.eng.begin_attribution(runs.model, batch, sig, terms, limit, capture=capture, derive=derive)
 
 
 def _release_term_arrays(capture):
