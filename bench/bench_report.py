@@ -45,6 +45,7 @@ new PerformanceObserver(list => { for (const e of list.getEntries())
     window.__longtasks.push({start: e.startTime, duration: e.duration, name: e.name}); })
   .observe({type: "longtask", buffered: true});
 """
+TASK_EVENTS = ("RunTask", "ThreadControllerImpl::RunTask")  # a task of the main thread's loop, by category
 EMBEDDED = re.compile(rb'<script type="application/json" id="lossmap-data"[^>]*>(.*?)</script>', re.S)
 
 
@@ -111,14 +112,14 @@ def open_in_chromium(paths) -> dict:
 
 
 def longest_traced_task(trace_path) -> float:
-    """The longest top-level task (RunTask) on the renderer's main thread in a Chrome trace, in ms."""
+    """The longest top-level task on the renderer's main thread in a Chrome trace, in ms."""
     with open(trace_path, encoding="utf-8") as fh:
         events = json.load(fh)
     events = events.get("traceEvents", []) if isinstance(events, dict) else events
     main = {(e["pid"], e["tid"]) for e in events
             if e.get("ph") == "M" and e.get("name") == "thread_name" and e["args"].get("name") == "CrRendererMain"}
     durations = [e.get("dur", 0) for e in events
-                 if e.get("ph") == "X" and e.get("name") == "RunTask" and (e.get("pid"), e.get("tid")) in main]
+                 if e.get("ph") == "X" and e.get("name") in TASK_EVENTS and (e.get("pid"), e.get("tid")) in main]
     return round(max(durations + [0]) / 1000.0, 1)
 
 
