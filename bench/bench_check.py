@@ -15,6 +15,10 @@ peak resident memory and its ratio to the hand-written script's (target: check a
 most 1.25). Results also go to bench/results.json.
 
     .venv/bin/python bench/bench_check.py [--repeats 3] [--warmup 1] [--size 64] [--nice -10] [--rebuild]
+                                          [--baseline SRC] [--skip-report]
+
+`--baseline SRC` runs `check` and `check --no-gradients` of another lossmap source tree (for
+instance `git archive` of the commit before a change) in the same rounds.
 """
 from __future__ import annotations
 
@@ -228,6 +232,10 @@ def main(argv=None) -> int:
                         help="run every timed command at this niceness increment (negative needs root): "
                              "on a machine shared with other work, e.g. -10 gives the timed processes most "
                              "of the CPU; the same for all commands (default 0)")
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="also run `check` and `check --no-gradients` from this lossmap source tree "
+                             "(PYTHONPATH), in the same rounds: before and after a change, side by side")
+    parser.add_argument("--skip-report", action="store_true", help="leave out the `report` command")
     parser.add_argument("--_build", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -248,8 +256,17 @@ def main(argv=None) -> int:
         "check": [lossmap, "check", model, "--data", batch],
         "report": [lossmap, "report", model, "--data", batch, "-o", os.path.join(directory, "bench.lossmap.html")],
     }
+    if args.skip_report:
+        del commands["report"]
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", "tensorflow")
+    envs = {}
+    if args.baseline:
+        # the same commands from another source tree (say, the commit before a change), in the same rounds
+        baseline_env = dict(env, PYTHONPATH=os.path.abspath(args.baseline))
+        for name in ("check --no-gradients", "check"):
+            commands[f"{name} @baseline"] = [python, "-m", "lossmap"] + commands[name][1:]
+            envs[f"{name} @baseline"] = baseline_env
 
     print(f"bench: {facts['params']:,} parameters, {facts['loss_terms']} loss terms "
           f"({facts['compiled_losses']} compiled + {facts['weight_regularizers']} L2), "
@@ -264,7 +281,7 @@ def main(argv=None) -> int:
         order = names if i % 2 == 0 else names[::-1]
         timed = i >= args.warmup
         for name in order:
-            elapsed, cpu, peak, proc = run_timed(commands[name], env, args.nice)
+            elapsed, cpu, peak, proc = run_timed(commands[name], envs.get(name, env), args.nice)
             label = f"run {i - args.warmup + 1}/{args.repeats}" if timed else "warm-up"
             print(f"  {label:>9}  {name:<22} {elapsed:7.2f} s wall {cpu:7.2f} s CPU {peak / MB:7.0f} MB peak  "
                   f"exit {proc.returncode}", flush=True)
@@ -297,12 +314,16 @@ def main(argv=None) -> int:
         print(f"{n:<22} {medians[n]:9.2f} {min(times[n]):7.2f} {max(times[n]):7.2f} "
               f"{medians[n] / base:14.2f} {cpu_medians[n]:7.2f} {peak_medians[n] / MB:8.0f} "
               f"{peak_medians[n] / peak_base:14.2f}")
-    meets = {n: medians[n] / base <= TARGETS[n] for n in names if n != "handwritten"}
+    meets = {n: medians[n] / base <= TARGETS[n] for n in names if n in TARGETS}
     print("\nratio lossmap / handwritten (median wall): " + "; ".join(
         f"{n} {medians[n] / base:.2f} (target <= {TARGETS[n]}, {'meets' if ok else 'misses'})"
         for n, ok in meets.items()))
     memory_meets = {n: peak_medians[n] / peak_base <= MEMORY_TARGETS[n] for n in names
                     if MEMORY_TARGETS.get(n) is not None}
+    if args.baseline:
+        print("ratio to @baseline (median wall; peak memory): " + "; ".join(
+            f"{n} {medians[n] / medians[n + ' @baseline']:.2f}; {peak_medians[n] / peak_medians[n + ' @baseline']:.2f}"
+            for n in ("check --no-gradients", "check")))
     print("ratio lossmap / handwritten (median peak resident memory): " + "; ".join(
         f"{n} {peak_medians[n] / peak_base:.2f}" + (f" (target <= {MEMORY_TARGETS[n]}, "
                                                      f"{'meets' if memory_meets[n] else 'misses'})"
@@ -342,6 +363,7 @@ def main(argv=None) -> int:
             "order": "alternating: even runs " + " -> ".join(names) + ", odd runs reversed",
             "commands": {n: " ".join(os.path.relpath(c) if os.path.isabs(c) else c for c in cmd)
                          for n, cmd in commands.items()},
+            "baseline": os.path.abspath(args.baseline) if args.baseline else None,
             "seconds": {n: [round(t, 3) for t in times[n]] for n in names},
             "median_seconds": {n: round(medians[n], 3) for n in names},
             "ratio_to_handwritten": {n: round(medians[n] / base, 3) for n in names},

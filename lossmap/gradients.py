@@ -107,9 +107,15 @@ def _nonzero(g) -> bool:
     return g is not None and bool(np.any(g))
 
 
+def _flat(g):
+    g = np.ravel(np.asarray(g))
+    return g if g.dtype in (np.float32, np.float64) else g.astype(np.float64)
+
+
 def _dot(a, b) -> float:
-    """a . b in float64 (float32 accumulation over millions of weights loses digits)."""
-    return float(np.dot(np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)))
+    """a . b accumulated in float64 (float32 accumulation over millions of weights loses digits), the
+    products cast as they stream (no float64 copy of the arrays)."""
+    return float(np.einsum("i,i->", _flat(a), _flat(b), dtype=np.float64))
 
 
 class Accumulator:
@@ -204,10 +210,9 @@ class Accumulator:
         return rest
 
     def _stats(self, unit: Unit, v: str, g):
-        g64 = np.asarray(g, np.float64)
-        sq = float(np.vdot(g64, g64))
-        absg = np.abs(g64)
-        unit.per_var[v] = (sq, float(absg.max()), float(absg.sum()), int(g64.size))
+        g = _flat(g)
+        sq = _dot(g, g)
+        unit.per_var[v] = (sq, float(max(g.max(), -g.min())), float(np.abs(g).sum(dtype=np.float64)), int(g.size))
         unit.sq_norm += sq
         layer = layer_of(v)
         unit.per_layer_sq[layer] = unit.per_layer_sq.get(layer, 0.0) + sq
