@@ -157,7 +157,7 @@ def ensure_model(cache_root: str, size: int, rebuild: bool) -> tuple[str, dict]:
 
 
 # ---------------------------------------------------------------- timing
-def run_timed(cmd, env, nice=0):
+def run_timed(cmd, env, nice=0, cwd=None):
     """Wall seconds (perf_counter around the child), its CPU seconds (user + sys), its peak resident
     memory in bytes, and the finished process.
 
@@ -167,7 +167,7 @@ def run_timed(cmd, env, nice=0):
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        child = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True,
+        child = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True, cwd=cwd,
                                  preexec_fn=(lambda: os.nice(nice)) if nice else None)
         _, status, usage = os.wait4(child.pid, 0)
         elapsed = time.perf_counter() - t0
@@ -260,13 +260,15 @@ def main(argv=None) -> int:
         del commands["report"]
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", "tensorflow")
-    envs = {}
+    envs, cwds = {}, {}
     if args.baseline:
-        # the same commands from another source tree (say, the commit before a change), in the same rounds
-        baseline_env = dict(env, PYTHONPATH=os.path.abspath(args.baseline))
+        # the same commands from another source tree (say, the commit before a change), in the same rounds;
+        # run from that tree, since `python -m` looks in the working directory before PYTHONPATH
+        baseline = os.path.abspath(args.baseline)
         for name in ("check --no-gradients", "check"):
             commands[f"{name} @baseline"] = [python, "-m", "lossmap"] + commands[name][1:]
-            envs[f"{name} @baseline"] = baseline_env
+            envs[f"{name} @baseline"] = dict(env, PYTHONPATH=baseline)
+            cwds[f"{name} @baseline"] = baseline
 
     print(f"bench: {facts['params']:,} parameters, {facts['loss_terms']} loss terms "
           f"({facts['compiled_losses']} compiled + {facts['weight_regularizers']} L2), "
@@ -281,7 +283,7 @@ def main(argv=None) -> int:
         order = names if i % 2 == 0 else names[::-1]
         timed = i >= args.warmup
         for name in order:
-            elapsed, cpu, peak, proc = run_timed(commands[name], envs.get(name, env), args.nice)
+            elapsed, cpu, peak, proc = run_timed(commands[name], envs.get(name, env), args.nice, cwds.get(name))
             label = f"run {i - args.warmup + 1}/{args.repeats}" if timed else "warm-up"
             print(f"  {label:>9}  {name:<22} {elapsed:7.2f} s wall {cpu:7.2f} s CPU {peak / MB:7.0f} MB peak  "
                   f"exit {proc.returncode}", flush=True)
