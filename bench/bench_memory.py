@@ -110,7 +110,8 @@ def main(argv=None) -> int:
           f"peak of the whole run {max(r['peak_bytes'] for r in stages.rows) / MB:.0f} MB")
     if args.results:
         with open(args.results, "w", encoding="utf-8") as fh:
-            json.dump({"benchmark": "peak and resident memory by stage", "model": model,
+            json.dump({"benchmark": "peak and resident memory by stage",
+                       "model": model.replace(os.path.dirname(HERE) + os.sep, ""),
                        "gradients": not args.no_gradients, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "stages": stages.rows}, fh, indent=2)
             fh.write("\n")

@@ -74,7 +74,7 @@ def write_outputs(name, spec, data, out_dir) -> dict:
     with open(check_json, encoding="utf-8") as fh:
         doc = json.load(fh)
     gradients = doc.get("gradients") or {}
-    return {"model": name, "spec": spec, "terms": len(doc["terms"]), "units": len(gradients.get("units") or ()),
+    return {"model": name, "spec": spec.replace(os.path.dirname(HERE) + os.sep, ""), "terms": len(doc["terms"]), "units": len(gradients.get("units") or ()),
             "html": html, "html_bytes": os.path.getsize(html),
             "embedded_json_bytes": len(found.group(1)) if found else None,
             "json_bytes": os.path.getsize(check_json),

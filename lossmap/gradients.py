@@ -3,9 +3,12 @@
 Engine-agnostic statistics over per-variable gradient arrays handed over one
 attribution *unit* at a time (a term, or a group of terms of one kind and
 family once there are more than `limit` of them). Only the gradients of the
-units that share the network trunk are kept, for the pairwise dot products;
-weight-regularizer units, which each reach a single variable, are folded in
-variable by variable and never held together.
+trunk-sharing units that arrive whole are kept, for the pairwise dot products;
+a derived unit and the weight-regularizer units, which each reach a single
+variable, are folded in variable by variable and never held together. The
+total gradient is never formed: its norms and dot products follow from the
+pairwise ones. The JSON layout (index tables, per-unit breakdowns, the pairs
+table) is `lossmap.gradient_layout`'s.
 
 Statistics:
 - norm: global L2 norm of the gradient of the term's contribution (weight x value);
