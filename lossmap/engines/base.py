@@ -104,7 +104,7 @@ class Capture:
     dtype: str
     epsilon: float
     loss_free_outputs: list = field(default_factory=list)  # outputs with no loss
-    gradient_context: Any = None  # engine-private: a recorded pass for attribute_gradients
+    gradient_context: Any = None  # engine-private: a recorded pass for begin_attribution, released by it
 
 
 @dataclass
@@ -114,8 +114,8 @@ class Verification:
     path: str
     notes: list
     state_restored: bool
-    # the gradient the real step applied, by variable path (None where not usable): lets
-    # gradient attribution derive one term's gradient instead of another backward pass
+    # the gradient the real step applied, by variable path (with record_gradient; None where not
+    # usable): lets gradient attribution derive one term's gradient instead of another backward pass
     total_gradient: Optional[dict] = None
 
 
@@ -192,7 +192,7 @@ class Engine:
 
     # ------------------------------------------------------------ the stages
     def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
-        """One training-mode forward pass; with keep_tape, recorded for attribute_gradients."""
+        """One training-mode forward pass; with keep_tape, recorded for begin_attribution."""
         raise NotImplementedError
 
     def verify_train_step(self, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:

@@ -31,7 +31,7 @@ def capture(engine, model, batch: Batch, sig: Signature, keep_tape: bool = False
     """One training-mode forward pass and everything the terms need from it.
 
     With `keep_tape`, the pass is recorded on a persistent gradient tape, kept on
-    the capture for `attribute_gradients`, which then needs no forward pass of its own.
+    the capture for `begin_attribution`, which then needs no forward pass of its own.
     """
     import tensorflow as tf
 
