@@ -10,9 +10,15 @@ a batch of 8, then times whole processes side by side, alternating their order:
   report                 lossmap report MODEL --data BATCH -o bench.lossmap.html
 
 and prints the median wall times and the ratio lossmap/handwritten (targets from
-the issues: check at most 0.5, report at most 1.0). Results also go to bench/results.json.
+the issues: check at most 0.5, report at most 1.0), and next to them each command's
+peak resident memory and its ratio to the hand-written script's (target: check at
+most 1.25). Results also go to bench/results.json.
 
     .venv/bin/python bench/bench_check.py [--repeats 3] [--warmup 1] [--size 64] [--nice -10] [--rebuild]
+                                          [--baseline SRC] [--skip-report]
+
+`--baseline SRC` runs `check` and `check --no-gradients` of another lossmap source tree (for
+instance `git archive` of the commit before a change) in the same rounds.
 """
 from __future__ import annotations
 
@@ -21,11 +27,11 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 
@@ -33,9 +39,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Bump when what build() makes changes: the cache directory is keyed by it.
 BUILD_VERSION = "resnet50-l2-2heads-v1"
 BATCH_SIZE = 8
+MB = 2 ** 20
 CLASSES = 10
 TARGET_RATIO = 0.5  # lossmap check (core issue)
 TARGETS = {"check --no-gradients": 0.5, "check": 0.5, "report": 1.0}  # report: the report issue
+# peak resident memory, lossmap / handwritten (the memory issue: lossmap check; report has no target)
+MEMORY_TARGETS = {"check --no-gradients": 1.25, "check": 1.25, "report": None}
 
 HANDWRITTEN = '''\
 """What a user writes by hand to see the training loss of a saved model on one batch."""
@@ -148,16 +157,25 @@ def ensure_model(cache_root: str, size: int, rebuild: bool) -> tuple[str, dict]:
 
 
 # ---------------------------------------------------------------- timing
-def run_timed(cmd, env, nice=0):
-    """Wall seconds (perf_counter around subprocess.run), CPU seconds (user + sys) and the process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=(lambda: os.nice(nice)) if nice else None)
-    elapsed = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu, proc
+def run_timed(cmd, env, nice=0, cwd=None):
+    """Wall seconds (perf_counter around the child), its CPU seconds (user + sys), its peak resident
+    memory in bytes, and the finished process.
+
+    `os.wait4` reports the resource usage of that one child (`ru_maxrss`, the high-water mark of its
+    resident set, KiB on Linux: what `/usr/bin/time -f %M` prints), where `RUSAGE_CHILDREN` would
+    give the largest of all children so far.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        child = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True, cwd=cwd,
+                                 preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - t0
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        proc = subprocess.CompletedProcess(cmd, child.returncode, out.read(), err.read())
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, proc
 
 
 def reported_loss(name, stdout):
@@ -214,6 +232,10 @@ def main(argv=None) -> int:
                         help="run every timed command at this niceness increment (negative needs root): "
                              "on a machine shared with other work, e.g. -10 gives the timed processes most "
                              "of the CPU; the same for all commands (default 0)")
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="also run `check` and `check --no-gradients` from this lossmap source tree "
+                             "(PYTHONPATH), in the same rounds: before and after a change, side by side")
+    parser.add_argument("--skip-report", action="store_true", help="leave out the `report` command")
     parser.add_argument("--_build", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -234,8 +256,19 @@ def main(argv=None) -> int:
         "check": [lossmap, "check", model, "--data", batch],
         "report": [lossmap, "report", model, "--data", batch, "-o", os.path.join(directory, "bench.lossmap.html")],
     }
+    if args.skip_report:
+        del commands["report"]
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", "tensorflow")
+    envs, cwds = {}, {}
+    if args.baseline:
+        # the same commands from another source tree (say, the commit before a change), in the same rounds;
+        # run from that tree, since `python -m` looks in the working directory before PYTHONPATH
+        baseline = os.path.abspath(args.baseline)
+        for name in ("check --no-gradients", "check"):
+            commands[f"{name} @baseline"] = [python, "-m", "lossmap"] + commands[name][1:]
+            envs[f"{name} @baseline"] = dict(env, PYTHONPATH=baseline)
+            cwds[f"{name} @baseline"] = baseline
 
     print(f"bench: {facts['params']:,} parameters, {facts['loss_terms']} loss terms "
           f"({facts['compiled_losses']} compiled + {facts['weight_regularizers']} L2), "
@@ -243,16 +276,17 @@ def main(argv=None) -> int:
     names = list(commands)
     times = {n: [] for n in names}
     cpu_times = {n: [] for n in names}
+    peaks = {n: [] for n in names}
     exits, losses, failures, error_findings = {}, {}, {}, {}
     load_before = os.getloadavg()
     for i in range(args.warmup + args.repeats):
         order = names if i % 2 == 0 else names[::-1]
         timed = i >= args.warmup
         for name in order:
-            elapsed, cpu, proc = run_timed(commands[name], env, args.nice)
+            elapsed, cpu, peak, proc = run_timed(commands[name], envs.get(name, env), args.nice, cwds.get(name))
             label = f"run {i - args.warmup + 1}/{args.repeats}" if timed else "warm-up"
-            print(f"  {label:>9}  {name:<22} {elapsed:7.2f} s wall {cpu:7.2f} s CPU  exit {proc.returncode}",
-                  flush=True)
+            print(f"  {label:>9}  {name:<22} {elapsed:7.2f} s wall {cpu:7.2f} s CPU {peak / MB:7.0f} MB peak  "
+                  f"exit {proc.returncode}", flush=True)
             exits.setdefault(name, set()).add(proc.returncode)
             losses[name] = reported_loss(name, proc.stdout)
             # lossmap check: 0 verified, 1 mismatch or an error finding (a full run all the same)
@@ -265,22 +299,38 @@ def main(argv=None) -> int:
             if timed:
                 times[name].append(elapsed)
                 cpu_times[name].append(cpu)
+                peaks[name].append(peak)
     load_after = os.getloadavg()
 
     if args.repeats < 1:
         return 0
     medians = {n: statistics.median(t) for n, t in times.items()}
     cpu_medians = {n: statistics.median(t) for n, t in cpu_times.items()}
+    peak_medians = {n: statistics.median(p) for n, p in peaks.items()}
     base = medians["handwritten"]
+    peak_base = peak_medians["handwritten"]
     print()
-    print(f"{'command':<22} {'median s':>9} {'min s':>7} {'max s':>7} {'x handwritten':>14} {'CPU s':>7}")
+    print(f"{'command':<22} {'median s':>9} {'min s':>7} {'max s':>7} {'x handwritten':>14} {'CPU s':>7}"
+          f" {'peak MB':>8} {'x handwritten':>14}")
     for n in names:
         print(f"{n:<22} {medians[n]:9.2f} {min(times[n]):7.2f} {max(times[n]):7.2f} "
-              f"{medians[n] / base:14.2f} {cpu_medians[n]:7.2f}")
-    meets = {n: medians[n] / base <= TARGETS[n] for n in names if n != "handwritten"}
+              f"{medians[n] / base:14.2f} {cpu_medians[n]:7.2f} {peak_medians[n] / MB:8.0f} "
+              f"{peak_medians[n] / peak_base:14.2f}")
+    meets = {n: medians[n] / base <= TARGETS[n] for n in names if n in TARGETS}
     print("\nratio lossmap / handwritten (median wall): " + "; ".join(
         f"{n} {medians[n] / base:.2f} (target <= {TARGETS[n]}, {'meets' if ok else 'misses'})"
         for n, ok in meets.items()))
+    memory_meets = {n: peak_medians[n] / peak_base <= MEMORY_TARGETS[n] for n in names
+                    if MEMORY_TARGETS.get(n) is not None}
+    if args.baseline:
+        print("ratio to @baseline (median wall; peak memory): " + "; ".join(
+            f"{n} {medians[n] / medians[n + ' @baseline']:.2f}; {peak_medians[n] / peak_medians[n + ' @baseline']:.2f}"
+            for n in ("check --no-gradients", "check")))
+    print("ratio lossmap / handwritten (median peak resident memory): " + "; ".join(
+        f"{n} {peak_medians[n] / peak_base:.2f}" + (f" (target <= {MEMORY_TARGETS[n]}, "
+                                                     f"{'meets' if memory_meets[n] else 'misses'})"
+                                                     if n in memory_meets else "")
+        for n in names if n != "handwritten"))
     report_path = os.path.join(directory, "bench.lossmap.html")
     if os.path.exists(report_path):
         print(f"report size: {os.path.getsize(report_path) / 1e6:.2f} MB (budget 2 MB)")
@@ -315,12 +365,18 @@ def main(argv=None) -> int:
             "order": "alternating: even runs " + " -> ".join(names) + ", odd runs reversed",
             "commands": {n: " ".join(os.path.relpath(c) if os.path.isabs(c) else c for c in cmd)
                          for n, cmd in commands.items()},
+            "baseline": os.path.abspath(args.baseline) if args.baseline else None,
             "seconds": {n: [round(t, 3) for t in times[n]] for n in names},
             "median_seconds": {n: round(medians[n], 3) for n in names},
             "ratio_to_handwritten": {n: round(medians[n] / base, 3) for n in names},
             "cpu_seconds": {n: [round(t, 3) for t in cpu_times[n]] for n in names},
             "median_cpu_seconds": {n: round(cpu_medians[n], 3) for n in names},
             "cpu_ratio_to_handwritten": {n: round(cpu_medians[n] / cpu_medians["handwritten"], 3) for n in names},
+            "peak_rss_bytes": peaks,
+            "median_peak_rss_bytes": {n: int(peak_medians[n]) for n in names},
+            "peak_rss_ratio_to_handwritten": {n: round(peak_medians[n] / peak_base, 3) for n in names},
+            "memory_target_ratio": MEMORY_TARGETS,
+            "meets_memory_target": memory_meets,
             "nice": args.nice,
             "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
             "exit_codes": {n: sorted(exits[n]) for n in names},

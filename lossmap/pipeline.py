@@ -1,4 +1,5 @@
-"""The whole flow, one stage after another: load, batch, capture, verify, attribute, findings, sources.
+"""The whole flow, one stage after another: load, batch, capture (and the taped backward passes), verify,
+attribute, findings, sources.
 
     >>> import lossmap
     >>> result = lossmap.analyse("model.keras")          # doctest: +SKIP
@@ -77,19 +78,27 @@ def _custom_code(eng, m, info, step_fn, data, options):
 
 def _compiled(eng, m, info, data, engine_diffs, *, batch_size, seed, rtol, atol, gradients, gradient_limit,
               sources) -> Analysis:
-    """What compile() and model.losses define, captured, reproduced, verified and attributed."""
+    """What compile() and model.losses define, captured, reproduced, verified and attributed.
+
+    Memory decides the order: the backward passes that need the capture's taped forward
+    pass run right after it and release it, so verification's own forward and backward
+    pass never runs beside a recorded one; the rest of the attribution follows verification.
+    """
     runs = _SeededRuns(eng, m, seed)
     with runs:
         sig = eng.signature(m)
         batch = _batch(data, sig, batch_size, seed)
         shapes = batch_shapes(batch)
-        with keras_refusals("forward pass and loss", shapes):
-            capture, terms = _capture(runs, batch, sig, gradients)
-        verification = _verify(runs, batch, sig) if info.compiled else None
+        limit = gradient_limit or gradients_module.DEFAULT_LIMIT
+        # a custom train_step's applied gradient need not be these terms' sum: derive no term from it
+        derive = info.compiled and not info.custom_train_step
+        capture, terms, pending = _capture(runs, batch, sig, shapes, limit if gradients else None, derive)
+        wants = pending is not None and pending.wants_total_gradient
+        verification = _verify(runs, batch, sig, wants) if info.compiled else None
         attribution = None
-        if gradients and terms:
+        if pending is not None:
             with keras_refusals("gradient computation", shapes):
-                attribution = _attribute(runs, batch, sig, terms, capture, verification, info, gradient_limit)
+                attribution = _attribute(runs, pending, verification, limit)
     restored = runs.state.identical()
     if not info.compiled and not terms:
         raise UserError(f"model '{m.name}' is not compiled and has no losses (no add_loss, no "
@@ -168,29 +177,52 @@ def _batch(data, sig, batch_size, seed):
     return batch_module.from_arrays(data, sig)
 
 
-def _capture(runs, batch, sig, gradients):
-    """One forward pass: every term as Keras computes it, and the terms built from them."""
-    with runs.seeded():
-        capture = runs.eng.capture(runs.model, batch, sig, keep_tape=bool(gradients))
-        return capture, _unique_ids(build_terms(capture, runs.eng.rules))
-
-
-def _verify(runs, batch, sig):
-    """A real train_step on the same batch."""
-    with runs.seeded():
-        return runs.eng.verify_train_step(runs.model, batch, sig)
-
-
-def _attribute(runs, batch, sig, terms, capture, verification, info, gradient_limit):
-    """What each term does to the weights: per-term gradients, summarised."""
+def _capture(runs, batch, sig, shapes, limit, derive):
+    """One forward pass: every term as Keras computes it, and the terms built from them; with a gradient
+    `limit`, the backward passes on that pass (an attribution pending verification's gradient)."""
     eng, m = runs.eng, runs.model
+    pending = None
     with runs.seeded():
-        limit = gradient_limit or gradients_module.DEFAULT_LIMIT
-        # a custom train_step's applied gradient need not be these terms' sum: derive no term from it
-        applied = verification.total_gradient if verification and not info.custom_train_step else None
-        acc, notes = eng.attribute_gradients(m, batch, sig, terms, limit, total_gradient=applied,
-                                             capture=capture)
-        return gradients_module.summarise(acc, acc.finish(), eng.optimizer_name(m), limit, notes)
+        with keras_refusals("forward pass and loss", shapes):
+            capture = eng.capture(m, batch, sig, keep_tape=limit is not None)
+            terms = _unique_ids(build_terms(capture, eng.rules))
+        _release_term_arrays(capture)
+        try:
+            if limit is not None and terms and capture.gradient_context is not None:
+                pending = _begin_attribution(runs, batch, sig, shapes, terms, limit, capture, derive)
+        finally:
+            capture.gradient_context = None  # the recorded pass, whatever happened
+    if limit is not None and terms and pending is None:
+        with runs.seeded():  # an engine that tapes a pass of its own: seeded as every other pass is
+            pending = _begin_attribution(runs, batch, sig, shapes, terms, limit, None, derive)
+    return capture, terms, pending
+
+
+def _begin_attribution(runs, batch, sig, shapes, terms, limit, capture, derive):
+    with keras_refusals("gradient computation", shapes):
+        return runs.eng.begin_attribution(runs.model, batch, sig, terms, limit, capture=capture, derive=derive)
+
+
+def _release_term_arrays(capture):
+    """The variables' values and layer outputs the terms were computed from: not needed once they are."""
+    for a in capture.additional:
+        a.source_tensor = None
+
+
+def _verify(runs, batch, sig, record_gradient):
+    """A real train_step on the same batch (with `record_gradient`, the gradient it applied)."""
+    with runs.seeded():
+        return runs.eng.verify_train_step(runs.model, batch, sig, record_gradient=record_gradient)
+
+
+def _attribute(runs, pending, verification, limit):
+    """What each term does to the weights: the pending attribution finished, summarised."""
+    with runs.seeded():
+        applied = verification.total_gradient if verification is not None else None
+        acc, notes = pending.finish(applied)
+        if verification is not None:
+            verification.total_gradient = None  # the size of the model: not kept past this stage
+        return gradients_module.summarise(acc, acc.finish(), runs.eng.optimizer_name(runs.model), limit, notes)
 
 
 def _total(eng, capture, terms, verification, rtol, atol) -> Total:

@@ -6,6 +6,8 @@ import tensorflow as tf
 from keras import layers, ops, regularizers
 
 import lossmap
+from lossmap import gradient_layout as layout
+from lossmap import gradients as gmod
 from lossmap.batch import synthetic
 from lossmap.load import load
 
@@ -53,33 +55,40 @@ def analysis(two_heads):
     return lossmap.analyse(two_heads)
 
 
+def reach(analysis, term_id):
+    return layout.reach(analysis.gradients, layout.unit_of(analysis.gradients, term_id))
+
+
+def per_layer(analysis, term_id):
+    return layout.per_layer(analysis.gradients, layout.unit_of(analysis.gradients, term_id))
+
+
 def test_l2_reaches_only_its_kernel_with_gradient_2_l2_w(analysis, two_heads):
     entry = analysis.gradients["terms"]["regularizer/head_a/kernel"]
     kernel = two_heads.get_layer("head_a").kernel.numpy().astype(np.float64)
-    assert entry["reach"]["variables"] == ["head_a/kernel"]
-    assert entry["reach"]["layers"] == ["head_a"]
+    assert reach(analysis, "regularizer/head_a/kernel") == {"variables": ["head_a/kernel"], "layers": ["head_a"]}
     assert entry["norm"] == pytest.approx(np.linalg.norm(2 * 0.05 * kernel), rel=1e-5)
 
 
 def test_term_of_inputs_only_is_dead(analysis):
     entry = analysis.gradients["terms"]["add_loss/input_penalty/0"]
-    assert entry["dead"] and entry["norm"] == 0.0 and entry["reach"]["variables"] == []
+    assert entry["dead"] and entry["norm"] == 0.0 and reach(analysis, "add_loss/input_penalty/0")["variables"] == []
     dead = [f for f in analysis.findings if f.code == "DEAD_TERM"]
     assert [f.term for f in dead] == ["add_loss/input_penalty/0"]
     assert all(f.level == "warning" for f in dead)  # probably unintended, not certainly wrong
 
 
 def test_heads_reach_trunk_and_their_own_head_only(analysis):
-    terms = analysis.gradients["terms"]
-    assert terms["compiled/head_a"]["reach"]["layers"] == ["head_a", "opposed", "trunk"]
-    assert terms["compiled/head_b"]["reach"]["layers"] == ["head_b", "opposed", "trunk"]
+    # model order: the trunk first
+    assert reach(analysis, "compiled/head_a")["layers"] == ["trunk", "opposed", "head_a"]
+    assert reach(analysis, "compiled/head_b")["layers"] == ["trunk", "opposed", "head_b"]
 
 
 def test_opposed_terms_have_cosine_minus_one(analysis):
-    pair = next(p for p in analysis.gradients["pairs"]
+    pair = next(p for p in layout.pairs(analysis.gradients)
                 if {p["a"], p["b"]} == {"add_loss/opposed/0", "add_loss/opposed/1"})
     assert pair["cosine"] == pytest.approx(-1.0, abs=1e-12)
-    assert pair["per_layer"]["opposed"] == pytest.approx(-1.0, abs=1e-12)
+    assert pair["per_layer"] == {"opposed": pytest.approx(-1.0, abs=1e-12)}
     # |3 sum(w)| against |-0.5 sum(w)|: gradients 3*1 and -0.5*1 on each weight
     assert pair["imbalance_a_over_b"] == pytest.approx(6.0)
     assert any(f.code == "GRADIENT_CONFLICT" for f in analysis.findings)
@@ -99,14 +108,27 @@ def _tape_total_gradient(model, batch, sig, engine):
                                                tape.gradient(total, model.trainable_variables))}
 
 
+class _Summing(gmod.Accumulator):
+    """The accumulator, adding up every unit's gradient as it is folded in (for the test only)."""
+
+    summed: dict = {}
+
+    def _stats(self, unit, v, g):
+        super()._stats(unit, v, g)
+        g64 = np.asarray(g, np.float64)
+        _Summing.summed[v] = _Summing.summed[v] + g64 if v in _Summing.summed else g64.copy()
+
+
 @pytest.mark.parametrize("limit", [8, 1])
-def test_term_gradients_add_up_to_the_total_gradient(two_heads, limit):
+def test_term_gradients_add_up_to_the_total_gradient(two_heads, limit, monkeypatch):
     """Separately and grouped (limit 1 groups the add_loss terms), the parts sum to tape.gradient."""
     loaded = load(two_heads)
     eng = loaded.engine
     sig = eng.signature(two_heads)
     batch = synthetic(sig, 8, 3)
     state = eng.state(two_heads)
+    monkeypatch.setattr(gmod, "Accumulator", _Summing)
+    _Summing.summed = {}
     try:
         capture = eng.capture(two_heads, batch, sig)
         from lossmap.terms import build_terms
@@ -120,10 +142,67 @@ def test_term_gradients_add_up_to_the_total_gradient(two_heads, limit):
         state.restore()
     assert state.identical()
     for path, g in expected.items():
-        ours = acc.total[path] if acc.total[path] is not None else np.zeros_like(g)  # reached by no term
+        ours = _Summing.summed.get(path, np.zeros_like(g))  # reached by no term
         np.testing.assert_allclose(ours, g, rtol=1e-5, atol=1e-7, err_msg=path)
     if limit == 1:
         assert any(u.grouped for u in acc.units) and notes
+
+
+def test_running_products_equal_the_summed_gradient():
+    """|G|, each g_i . G and |G| per variable from the pairwise products equal those of G formed
+    explicitly: with a derived unit, weight regularizers and two on one variable."""
+    rng = np.random.default_rng(0)
+    shapes = {"a/kernel": (3, 4), "a/bias": (4,), "b/kernel": (4, 2)}
+    g = {name: {v: rng.standard_normal(s).astype("float32") for v, s in shapes.items()} for name in "xyd"}
+    reg = {"r1": rng.standard_normal((3, 4)).astype("float32"), "r2": rng.standard_normal((3, 4)).astype("float32")}
+    units = {n: gmod.Unit(n, n, "compiled", [n], False) for n in list("xyd") + ["r1", "r2"]}
+    acc = gmod.Accumulator(list(shapes))
+    acc.add_shared(units["x"], g["x"])
+    acc.add_shared(units["y"], g["y"])
+    acc.open(units["d"])
+    for v in shapes:
+        local = [(units[r], reg[r]) for r in ("r1", "r2")] if v == "a/kernel" else []
+        acc.add_variable(v, streamed=[(units["d"], g["d"][v])], local=local)
+    out = acc.finish()
+    parts = {n: dict(g[n]) for n in "xyd"}
+    parts.update({r: {"a/kernel": reg[r]} for r in reg})
+    total = {v: sum(np.asarray(p[v], np.float64) for p in parts.values() if v in p) for v in shapes}
+    assert out["total_sq"] == pytest.approx(sum(float(np.vdot(t, t)) for t in total.values()), rel=1e-12)
+    for v, t in total.items():
+        assert out["total_var_sq"][v] == pytest.approx(float(np.vdot(t, t)), rel=1e-12)
+    for u in acc.units:
+        expected = sum(float(np.vdot(np.asarray(parts[u.id][v], np.float64), total[v])) for v in parts[u.id])
+        assert u.dot_total == pytest.approx(expected, rel=1e-12)
+    # the reported pairs are those with a trunk-sharing unit; two regularizers on one variable only count
+    pairs = {(a, b) for a, b in acc.dots if acc.dots[(a, b)]}
+    assert ("r1", "r2") not in pairs and ("d", "r1") in pairs and ("x", "d") in pairs
+
+
+def test_layout_grows_with_units_plus_layers():
+    """Shared tables, reach as index ranges, one entry per unit however many terms a group has."""
+    assert layout.ranges([0, 1, 2, 5, 7, 8]) == [[0, 3], [5, 6], [7, 9]]
+    assert layout.expand([[0, 3], [5, 6]]) == [0, 1, 2, 5]
+    assert layout.rounded(0.123456789) == 0.123457
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((3,))
+    x = inputs
+    for i in range(12):
+        x = layers.Dense(3, activity_regularizer=regularizers.L1(1e-3), name=f"d{i}")(x)
+    model = keras.Model(inputs, layers.Dense(1, name="out")(x))
+    model.compile("adam", "mse")
+    g = lossmap.analyse(model, gradient_limit=2).to_dict()["gradients"]
+    assert g["layers"] == [f"d{i}" for i in range(12)] + ["out"]
+    assert g["variables"][:2] == ["d0/kernel", "d0/bias"]
+    group = next(u for u in g["units"] if u["grouped"])
+    assert group["reach"] == {"layers": [[0, 12]], "variables": [[0, 24]]}
+    assert all(set(e) == {"unit", "grouped", "norm", "share", "norm_share", "dead"} for e in g["terms"].values())
+    assert g["terms"]["activity/d3"]["unit"] == group["id"]
+    # pairs: a row each, units by index; read back as dicts with ids and per-layer names
+    assert g["pairs"]["fields"] == layout.PAIR_FIELDS and g["pairs"]["rows"]
+    ids = [u["id"] for u in g["units"]]
+    for row, p in zip(g["pairs"]["rows"], layout.pairs(g)):
+        assert (p["a"], p["b"]) == (ids[row[0]], ids[row[1]])
+        assert set(p["per_layer"]) <= set(g["layers"])
 
 
 def test_grouping_keeps_per_layer_breakdown():
@@ -140,8 +219,10 @@ def test_grouping_keeps_per_layer_breakdown():
     entry = result.gradients["terms"]["activity/d0"]
     # every member shares the group's entry; activity on d_i reaches d0..d_i, never the head
     assert entry is result.gradients["terms"]["activity/d4"] or entry == result.gradients["terms"]["activity/d4"]
-    assert entry["grouped"] and set(entry["per_layer"]) == {f"d{i}" for i in range(5)}
-    assert entry["per_layer"]["d0"] > entry["per_layer"]["d4"] > 0
+    norms = per_layer(result, "activity/d0")
+    assert entry["grouped"] and list(norms) == [f"d{i}" for i in range(5)]
+    assert norms["d0"] > norms["d4"] > 0
+    assert group["per_layer"] == [[i, norms[f"d{i}"]] for i in range(5)]  # stored once, on the unit
     assert any("attributed together" in n for n in result.gradients["notes"])
     assert any(f.code == "OPTIMIZER_SCALE_NOTE" and "Adam" in f.message for f in result.findings)
 

@@ -34,7 +34,8 @@ def _after(original, fault):
 COMPILED_STAGES = [
     ("lossmap.engines.keras3.engine.Keras3Engine", "capture"),
     ("lossmap.engines.keras3.engine.Keras3Engine", "verify_train_step"),
-    ("lossmap.engines.keras3.engine.Keras3Engine", "attribute_gradients"),
+    ("lossmap.engines.keras3.engine.Keras3Engine", "begin_attribution"),
+    ("lossmap.engines.keras3.train_step._Pending", "finish"),
     ("lossmap.findings", "collect"),
     ("lossmap.gradients", "summarise"),
 ]

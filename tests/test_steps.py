@@ -87,7 +87,10 @@ def test_gradients_of_each_term_add_up_to_what_the_step_applies():
     g = r.gradients
     assert set(g["terms"]) == {t.id for t in r.terms}
     assert sum(e["share"] for e in g["terms"].values()) == pytest.approx(1.0, abs=1e-6)
-    assert g["terms"]["regularizer/hidden/kernel"]["reach"]["variables"] == ["hidden/kernel"]
+    from lossmap import gradient_layout
+
+    unit = gradient_layout.unit_of(g, "regularizer/hidden/kernel")
+    assert gradient_layout.reach(g, unit)["variables"] == ["hidden/kernel"]
     assert not any(e["dead"] for e in g["terms"].values())
 
 

@@ -555,7 +555,9 @@ def test_a_weight_regularizer_against_the_data_term_is_no_gradient_conflict():
     model.compile(optimizer="sgd", loss="mse")
     a = analyse(model, (f32([[1.0], [2.0]]), f32([[3.0], [6.0]])), gradients=True)
     decay = next(t.id for t in a.terms if t.kind == "weight_regularizer")
-    cosines = [p["cosine"] for p in a.gradients["pairs"] if decay in (p["a"], p["b"])]
+    from lossmap.gradient_layout import pairs
+
+    cosines = [p["cosine"] for p in pairs(a.gradients) if decay in (p["a"], p["b"])]
     assert cosines and min(cosines) < -0.5  # the rule's threshold is crossed ...
     assert not found(a, "GRADIENT_CONFLICT")  # ... and no conflict is raised for weight decay
     assert all(f.level == "info" for f in found(a, "GRADIENT_DROWNED"))

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from lossmap import gradient_layout as layout
 from lossmap.analysis import Analysis, BatchInfo, ModelInfo, Term, Total
 from lossmap.render import anchor_id, svg
 
@@ -49,19 +50,20 @@ def small_terms(names=("price", "kind", "trunk", "penalty")):
 
 
 def fake_gradients(terms, cosines=None, dead=(), matrix=True):
-    """One unit per term; per-layer norms over the layers named in the terms."""
+    """One unit per term; per-layer norms over the layers named in the terms (the JSON's layout:
+    per-layer norms and reach by index into the `layers` table)."""
     layers = list(dict.fromkeys([t.layer or t.output for t in terms]))
     units, entries = [], {}
     for i, t in enumerate(terms):
         norm = 1.0 / (i + 1)
         reach = [t.layer] if t.kind == "weight_regularizer" else layers
-        per_layer = {} if t.id in dead else {name: norm / (k + 1) for k, name in enumerate(reach)}
-        units.append({"id": t.id, "label": t.id, "kind": t.kind, "terms": [t.id], "grouped": False,
-                      "norm": 0.0 if t.id in dead else norm})
+        per_layer = [] if t.id in dead else [[layers.index(name), norm / (k + 1)] for k, name in enumerate(reach)]
         entries[t.id] = {"unit": t.id, "grouped": False, "norm": 0.0 if t.id in dead else norm,
-                         "share": (-0.05 if i == 1 else 0.9 / len(terms)), "norm_share": 0.3,
-                         "per_layer": per_layer, "reach": {"layers": sorted(per_layer), "variables": []},
-                         "dead": t.id in dead}
+                         "share": (-0.05 if i == 1 else 0.9 / len(terms)), "norm_share": 0.3, "dead": t.id in dead}
+        units.append({"id": t.id, "label": t.id, "kind": t.kind, "terms": [t.id], "grouped": False,
+                      **{k: v for k, v in entries[t.id].items() if k not in ("unit", "grouped")},
+                      "per_layer": sorted(per_layer),
+                      "reach": {"layers": [[i, i + 1] for i, _ in sorted(per_layer)], "variables": []}})
     ids = [u["id"] for u in units]
     n = len(ids)
     m = [[1.0 if i == j else None for j in range(n)] for i in range(n)]
@@ -69,10 +71,11 @@ def fake_gradients(terms, cosines=None, dead=(), matrix=True):
     for (a, b), c in (cosines or {}).items():
         i, j = ids.index(a), ids.index(b)
         m[i][j] = m[j][i] = c
-        pairs.append({"a": a, "b": b, "cosine": c, "per_layer": {}, "shared_variables": 3,
+        pairs.append({"a": a, "b": b, "cosine": c, "per_layer": [], "shared_variables": 3,
                       "norm_a": 1.0, "norm_b": 1.0, "imbalance_a_over_b": 1.0, "imbalance_b_over_a": 1.0})
-    return {"method": "fake", "limit": 8, "optimizer": "Adam", "total_norm": 1.0, "units": units,
-            "terms": entries, "pairs": pairs,
+    return {"method": "fake", "limit": 8, "optimizer": "Adam", "total_norm": 1.0, "layers": layers, "variables": [],
+            "units": units,
+            "terms": entries, "pairs": layout.pair_table(pairs, ids),
             "cosine": {"units": ids if matrix else None, "matrix": m if matrix else None}, "notes": []}
 
 
@@ -236,7 +239,8 @@ def test_no_grouping_at_the_threshold():
 def test_gradient_charts_absent_or_empty():
     a = analysis(small_terms())
     assert svg.gradient_share_bars(a) == svg.layer_heatmap(a) == svg.cosine_heatmap(a) == ""
-    empty = {"units": [], "terms": {}, "pairs": [], "cosine": {"units": None, "matrix": None}}
+    empty = {"units": [], "terms": {}, "pairs": {"fields": layout.PAIR_FIELDS, "rows": []},
+             "cosine": {"units": None, "matrix": None}}
     a = analysis(small_terms(), empty)
     assert svg.gradient_share_bars(a) == svg.layer_heatmap(a) == svg.cosine_heatmap(a) == ""
     a = analysis(small_terms(), {})

@@ -275,6 +275,29 @@ def tfk_files(tmp_path_factory):
     return d
 
 
+def test_gradients_see_the_random_draw_of_the_capture():
+    """tf_keras's attribution tapes a forward pass of its own: seeded as the capture's, its seeded
+    Dropout drops the same units, so the terms' gradients add up to the gradient of the loss there."""
+    from lossmap.batch import synthetic
+    from lossmap.load import load
+
+    model = busy_model(tf_keras)
+    a = lossmap.analyse(model)
+    eng = load(model).engine
+    sig = eng.signature(model)
+    state = eng.state(model)
+    try:
+        eng.seed_random(0)
+        xs, ys, sw = eng.packed_tensors(model, sig, synthetic(sig, 8, 0))
+        with tf.GradientTape() as tape:
+            total = model.compute_loss(xs, ys, model(xs, training=True), sw)
+        grads = tape.gradient(total, model.trainable_variables)
+    finally:
+        state.restore()
+    expected = np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in grads if g is not None))
+    assert a.gradients["total_norm"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_h5_file_is_explained_by_tf_keras(tfk_files):
     code, out, err = cli_run("check", tfk_files / "lin.h5", "--format", "json", "--no-gradients")
     assert code == 0, err

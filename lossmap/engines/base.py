@@ -105,7 +105,7 @@ class Capture:
     dtype: str
     epsilon: float
     loss_free_outputs: list = field(default_factory=list)  # outputs with no loss
-    gradient_context: Any = None  # engine-private: a recorded pass for attribute_gradients
+    gradient_context: Any = None  # engine-private: a recorded pass for begin_attribution, released by it
 
 
 @dataclass
@@ -115,8 +115,8 @@ class Verification:
     path: str
     notes: list
     state_restored: bool
-    # the gradient the real step applied, by variable path (None where not usable): lets
-    # gradient attribution derive one term's gradient instead of another backward pass
+    # the gradient the real step applied, by variable path (with record_gradient; None where not
+    # usable): lets gradient attribution derive one term's gradient instead of another backward pass
     total_gradient: Optional[dict] = None
 
 
@@ -193,17 +193,27 @@ class Engine:
 
     # ------------------------------------------------------------ the stages
     def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
-        """One training-mode forward pass; with keep_tape, recorded for attribute_gradients."""
+        """One training-mode forward pass; with keep_tape, recorded for begin_attribution."""
         raise NotImplementedError
 
-    def verify_train_step(self, model, batch: Batch, sig: Signature) -> Verification:
-        """The loss the model's real `train_step` logs on `batch` (the caller restores the state)."""
+    def verify_train_step(self, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
+        """The loss the model's real `train_step` logs on `batch` (the caller restores the state); with
+        `record_gradient`, the gradient it applied too (`Verification.total_gradient`)."""
+        raise NotImplementedError
+
+    def begin_attribution(self, model, batch: Batch, sig: Signature, terms, limit: int,
+                          capture: Optional[Capture] = None, derive: bool = True):
+        """The backward passes that need a taped forward pass (the capture's, with keep_tape), which is
+        released after them. Returns a pending attribution: `.wants_total_gradient` (whether `finish`
+        can derive a term from what the real train_step applied; only with `derive`) and
+        `.finish(total_gradient=None)`, which adds the rest and returns (Accumulator, notes)."""
         raise NotImplementedError
 
     def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
                             total_gradient=None, capture: Optional[Capture] = None):
         """Fold each term's gradient into a `lossmap.gradients.Accumulator`; returns (acc, notes)."""
-        raise NotImplementedError
+        pending = self.begin_attribution(model, batch, sig, terms, limit, capture, derive=total_gradient is not None)
+        return pending.finish(total_gradient)
 
     def optimizer_name(self, model) -> Optional[str]:
         """The class name of the optimizer that applies the gradients (None without one)."""

@@ -11,6 +11,7 @@ import json
 import platform
 import sys
 
+from lossmap import gradient_layout as layout
 from lossmap.groups import KIND_LABEL, KIND_ORDER, count_label
 from lossmap.render import anchor_id, environment, format_number, svg
 from lossmap.render.text import describe, render_equation, verdict
@@ -69,8 +70,18 @@ def _term_row(analysis, t, scale: float) -> dict:
         "config": _config_text(t.config),
         "call_sites": analysis.call_sites.get(t.id, []) if getattr(analysis, "call_sites", None) else [],
         "findings": [f for f in analysis.findings if f.term == t.id],
-        "gradient": (analysis.gradients or {}).get("terms", {}).get(t.id) if analysis.gradients else None,
+        "gradient": _gradient_view(analysis.gradients, t.id),
     }
+
+
+def _gradient_view(g, term_id):
+    """A term's gradient summary for its row, with how many layers its unit reaches."""
+    entry = (g or {}).get("terms", {}).get(term_id)
+    if entry is None:
+        return None
+    unit = layout.unit_of(g, term_id) or {}
+    return dict(entry, layers=sum(stop - start for start, stop in (unit.get("reach") or {}).get("layers", ())),
+                members=len(unit.get("terms") or ()))
 
 
 def _kind_sections(analysis, rows: list, scale: float) -> list:
@@ -160,8 +171,7 @@ def _layer_index(analysis):
             entry(t.layer)["owns"].append((t.id, anchor_id("term", t.id)))
     g = analysis.gradients or {}
     for unit in g.get("units", []):
-        per_layer = g["terms"].get(unit["terms"][0], {}).get("per_layer", {}) if unit["terms"] else {}
-        for layer, norm in per_layer.items():
+        for layer, norm in layout.per_layer(g, unit).items():
             entry(layer)["pushed_by"].append((unit["label"], norm))
     for e in entries.values():
         e["pushed_by"].sort(key=lambda kv: -kv[1])
@@ -344,5 +354,5 @@ def _environment(analysis, command):
 
 def json_script(doc) -> str:
     """JSON safe inside <script type="application/json">: no '</' or '<!--' can end the element."""
-    text = json.dumps(doc, indent=1, allow_nan=False)
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)  # compact: this page's largest part
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -1,6 +1,7 @@
 """The terminal explanation: the equation with this batch's numbers, the terms, the findings."""
 from __future__ import annotations
 
+from lossmap import gradient_layout as layout
 from lossmap.groups import KIND_LABEL
 from lossmap.render import environment, format_number
 
@@ -105,8 +106,8 @@ def _gradient_rows(analysis):
             continue
         seen.add(entry["unit"])
         unit = next(u for u in g["units"] if u["id"] == entry["unit"])
-        layers = entry["reach"]["layers"]
-        top = sorted(entry["per_layer"].items(), key=lambda kv: -kv[1])[:3]
+        layers = layout.reach(g, unit)["layers"]
+        top = sorted(layout.per_layer(g, unit).items(), key=lambda kv: -kv[1])[:3]
         rows.append({
             "id": unit["label"] if unit["grouped"] else t.id,
             "norm": format_number(entry["norm"], 4),
@@ -122,7 +123,7 @@ def _conflicts(analysis):
     if not g:
         return []
     # a cosine within rounding of 0 is no pull either way
-    pairs = [p for p in g["pairs"] if p["cosine"] is not None and p["cosine"] < -0.005]
+    pairs = [p for p in layout.pairs(g) if p["cosine"] is not None and p["cosine"] < -0.005]
     pairs.sort(key=lambda p: p["cosine"])
     return [f"{p['a']} vs {p['b']}: cosine {p['cosine']:.2f} on {p['shared_variables']} shared variables"
             for p in pairs[:10]]

@@ -10,7 +10,7 @@ import math
 
 import libcst.matchers as m
 
-from lossmap import gradients as gradients_module
+from lossmap import gradient_layout, gradients as gradients_module
 from lossmap.analysis import Finding
 from lossmap.steps.split import dependencies
 
@@ -98,7 +98,9 @@ def _input_gradient_finding(analysis, d, term, g):
     names = {t.index: t.name for t in d.step.tapes}
     recording = [names.get(i) for i in record.inside] if record is not None else list(g.enclosing_tapes)
     entry = (analysis.gradients or {}).get("terms", {}).get(term.id)
-    reach = f"; measured: its gradient reaches {len(entry['reach']['layers'])} layer(s)" \
+    unit = gradient_layout.unit_of(analysis.gradients, term.id) if entry else None
+    layers = len(gradient_layout.reach(analysis.gradients, unit)["layers"]) if unit else 0
+    reach = f"; measured: its gradient reaches {layers} layer(s)" \
         if entry and not entry["dead"] else "; measured: it gives the weights no gradient"
     if outer in recording:
         how = (f"the tape `{outer}` that differentiates the loss was recording when it was taken, so the "

@@ -142,6 +142,12 @@ def gist(exc) -> str:
     return first[:400]
 
 
+def raised_by_library(exc) -> bool:
+    from lossmap.refusals import raised_by_library as by_library
+
+    return by_library(exc)
+
+
 @contextlib.contextmanager
 def calling_the_model(model):
     """The model's own forward pass: what it raises is the model's failure (exit 2, one line), not lossmap's."""
@@ -152,6 +158,8 @@ def calling_the_model(model):
     except UserError:
         raise
     except Exception as exc:
+        if raised_by_library(exc):
+            raise  # Keras refused the batch: lossmap.refusals says why, with the batch's shapes
         raise UserError(f"model '{getattr(model, 'name', '?')}' fails when it is called on the batch: "
                         f"{type(exc).__name__}: {gist(exc)} (a config value Keras accepted when loading, or the "
                         "model's own code; run with --debug for the traceback)") from exc
@@ -169,8 +177,8 @@ def keras_fails_too(model, keras_error):
     except UserError:
         raise
     except Exception as exc:
-        if keras_error is None:
-            raise
+        if keras_error is None or raised_by_library(exc):
+            raise  # lossmap's own failure, or Keras's refusal (lossmap.refusals says why, with the shapes)
         raise UserError(f"model '{getattr(model, 'name', '?')}': Keras cannot compute its loss ({keras_error}), "
                         "and neither can lossmap (a loss or regularizer config value Keras accepted when loading, "
                         "or the model's own code; run with --debug for the traceback)") from exc

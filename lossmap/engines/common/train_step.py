@@ -48,3 +48,16 @@ def run_train_step(model, data, notes, swapped=None, recorder=None) -> Verificat
     finally:
         if swapped is not None:
             object.__setattr__(model, "optimizer", swapped)
+
+
+class Attributed:
+    """A pending attribution with nothing left to do (`Engine.begin_attribution` of an engine that
+    takes every backward pass at once): `finish` hands over the accumulator."""
+
+    wants_total_gradient = False
+
+    def __init__(self, acc, notes):
+        self.acc, self.notes = acc, notes
+
+    def finish(self, total_gradient=None):
+        return self.acc, self.notes

@@ -33,14 +33,13 @@ def capture(engine, model, batch: Batch, sig: Signature, keep_tape: bool = False
     """One training-mode forward pass and everything the terms need from it.
 
     With `keep_tape`, the pass is recorded on a persistent gradient tape, kept on
-    the capture for `attribute_gradients`, which then needs no forward pass of its own.
+    the capture for `begin_attribution`, which then needs no forward pass of its own.
     """
     import tensorflow as tf
 
-    tape = tf.GradientTape(persistent=True) if keep_tape else contextlib.nullcontext()
-    with tape:
-        result = _capture(engine, model, batch, sig, tape if keep_tape else None)
-    return result
+    tape = tf.GradientTape(persistent=True) if keep_tape else None
+    with tape if tape is not None else contextlib.nullcontext():
+        return _capture(engine, model, batch, sig, tape)
 
 
 def _capture(engine, model, batch: Batch, sig: Signature, tape) -> Capture:
@@ -49,30 +48,30 @@ def _capture(engine, model, batch: Batch, sig: Signature, tape) -> Capture:
     probe = _LossProbe(model)
     with probe, calling_the_model(model):
         y_pred = model(xs, training=True) if model._call_has_training_arg else model(xs)
-    # Read from Keras's source (libcst: import and parse, most of a second) only when
-    # an activity regularizer is there: no other term depends on it.
-    normalised = probe.saw_activity and activity_loss_divided_by_batch()
-
-    compute_loss, compute_error = None, None
-    try:
-        value = model._compute_loss(x=xs, y=ys, y_pred=y_pred, sample_weight=sw, training=True)
-        compute_loss = np.array(value)
-    except Exception as exc:
-        compute_error = one_line(exc)
-
-    with keras_fails_too(model, compute_error):
-        compiled = _compiled_captures(engine, model, sig, ys, y_pred, sw)
-        additional = _layer_losses(model, probe, normalised) + _weight_regularizers(engine, model)
-    result = Capture(
-        compiled=compiled,
-        additional=additional,
-        compute_loss=compute_loss,
-        compute_loss_error=compute_error,
-        dtype=keras.backend.floatx(),
-        epsilon=float(keras.backend.epsilon()),
-    )
+    # The tape records the pass and the terms' tensors only: the rest would stay on it until attribution.
+    with tape.stop_recording() if tape is not None else contextlib.nullcontext():
+        # Read from Keras's source (libcst: import and parse, most of a second) only when
+        # an activity regularizer is there: no other term depends on it.
+        normalised = probe.saw_activity and activity_loss_divided_by_batch()
+        compute_loss, compute_error = None, None
+        try:
+            value = model._compute_loss(x=xs, y=ys, y_pred=y_pred, sample_weight=sw, training=True)
+            compute_loss = np.array(value)
+        except Exception as exc:
+            compute_error = one_line(exc)
+        with keras_fails_too(model, compute_error):
+            compiled = _compiled_captures(engine, model, sig, ys, y_pred, sw)
+            additional = _layer_losses(model, probe, normalised) + _weight_regularizers(engine, model)
+        result = Capture(
+            compiled=compiled,
+            additional=additional,
+            compute_loss=compute_loss,
+            compute_loss_error=compute_error,
+            dtype=keras.backend.floatx(),
+            epsilon=float(keras.backend.epsilon()),
+        )
     if tape is not None:
-        result.gradient_context = (tape,) + gradient_targets(engine, model, ys, y_pred, sw)
+        result.gradient_context = (tape,) + term_targets(engine, model, ys, y_pred, sw)
     return result
 
 
@@ -100,8 +99,12 @@ def _compiled_captures(engine, model, sig, ys, y_pred, sw) -> list:
     return compiled
 
 
-def gradient_targets(engine, model, ys, y_pred, sw):
-    """Each term's contribution as a tensor, in inventory order (call inside the tape)."""
+def term_targets(engine, model, ys, y_pred, sw):
+    """(each trunk-sharing term's contribution as a tensor in inventory order, the regularized variables).
+
+    Call inside the tape. Weight regularizers are not computed here: each reaches only its
+    own variable, so attribution differentiates them from the variables alone.
+    """
     ops = engine.keras.ops
     tensors = []
     compile_loss = getattr(model, "_compile_loss", None)
@@ -115,8 +118,14 @@ def gradient_targets(engine, model, ys, y_pred, sw):
     for layer in model._flatten_layers(include_self=True):
         tensors.extend(model._aggregate_additional_loss(t) for t in layer._losses)
     regularized = [v for v in model.trainable_variables if getattr(v, "regularizer", None) is not None]
-    # Each regularizer reaches only its own variable, so one backward pass of their
-    # sum separates them exactly.
+    return tensors, regularized
+
+
+def gradient_targets(engine, model, ys, y_pred, sw):
+    """`term_targets`, and the sum of the weight regularizers as a tensor (one backward pass of it
+    separates them exactly, since each reaches only its own variable)."""
+    ops = engine.keras.ops
+    tensors, regularized = term_targets(engine, model, ys, y_pred, sw)
     reg_sum = ops.sum(ops.stack([ops.cast(v.regularizer(v), "float32") for v in regularized])) \
         if regularized else None
     return tensors, regularized, reg_sum
@@ -214,7 +223,7 @@ def _weight_regularizers(engine, model) -> list:
             regularizer=type(reg).__name__,
             config=reg_config(reg),
             builtin=is_builtin_regularizer(reg),
-            source_tensor=np.array(variable),
+            source_tensor=np.asarray(ops.convert_to_tensor(variable)),  # the value read, not a copy
             raw=np.array(raw),
             keras_value=float(np.array(model._aggregate_additional_loss(ops.convert_to_tensor(raw)))),
             origin=None if is_builtin_regularizer(reg) else code_origin(reg),

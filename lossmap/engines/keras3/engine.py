@@ -185,8 +185,12 @@ class Keras3Engine(KerasEngine):
     def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
         return _capture.capture(self, model, batch, sig, keep_tape)
 
-    def verify_train_step(self, model, batch: Batch, sig: Signature) -> Verification:
-        return _train_step.verify_train_step(self, model, batch, sig)
+    def verify_train_step(self, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
+        return _train_step.verify_train_step(self, model, batch, sig, record_gradient)
+
+    def begin_attribution(self, model, batch: Batch, sig: Signature, terms, limit: int,
+                          capture: Optional[Capture] = None, derive: bool = True):
+        return _train_step.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
 
     def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
                             total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):

@@ -1,6 +1,8 @@
 """Keras 3: every variable a forward pass or a train step can touch, snapshotted by value."""
 from __future__ import annotations
 
+import numpy as np
+
 from lossmap.engines.common.helpers import all_metrics
 from lossmap.engines.common.state import VariableSnapshot
 
@@ -10,6 +12,13 @@ class ModelState(VariableSnapshot):
 
     def __init__(self, model):
         super().__init__(model, _stateful_variables(model))
+
+    @staticmethod
+    def read(v):
+        """The value over the variable's own buffer: no copy (a later write to the variable copies first)."""
+        import tensorflow as tf
+
+        return np.asarray(tf.convert_to_tensor(v.value))
 
 
 def _stateful_variables(model):

@@ -5,12 +5,15 @@ from typing import Optional
 
 from lossmap.engines.base import Batch, Capture, Signature, Verification
 from lossmap.engines.common.helpers import dense_grad, one_line
-from lossmap.engines.common.train_step import no_optimizer, run_train_step, swap_in_fresh_optimizer
+from lossmap.engines.common.train_step import Attributed, no_optimizer, run_train_step, swap_in_fresh_optimizer
 from lossmap.engines.tf_keras.capture import compiled_entries, keras_loss_value, loss_entries, short_var_name
 
 
-def verify_train_step(engine, model, batch: Batch, sig: Signature) -> Verification:
-    """The loss the model's real `train_step` logs (its metrics reset first: the logged 'loss' is a running mean)."""
+def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
+    """The loss the model's real `train_step` logs (its metrics reset first: the logged 'loss' is a running mean).
+
+    `record_gradient` is accepted for the common interface: this engine derives no term from the step's gradient.
+    """
     xs, ys, sw = engine.packed_tensors(model, sig, batch)
     notes = []
     optimizer = getattr(model, "optimizer", None)
@@ -48,13 +51,11 @@ def _gradient_pass(engine, model, sig, batch, trainable):
     return tape, tensors, regs, regularized, reg_sum
 
 
-def attribute_gradients(engine, model, batch: Batch, sig: Signature, terms, limit: int,
-                        total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
-    """Per-term gradients of one taped training-mode forward pass (see the Keras 3 engine's).
-
-    `total_gradient` (what the real train_step applied) is accepted for the common interface and not
-    used: every trunk-sharing term here gets its own backward pass.
-    """
+def begin_attribution(engine, model, batch: Batch, sig: Signature, terms, limit: int,
+                      capture: Optional[Capture] = None, derive: bool = True) -> Attributed:
+    """Per-term gradients of one taped training-mode forward pass of its own, all at once (see the
+    Keras 3 engine's): every trunk-sharing term gets its own backward pass, so nothing waits for
+    verification's gradient."""
     tf = engine.tf
     from lossmap import gradients as gmod
 
@@ -70,7 +71,10 @@ def attribute_gradients(engine, model, batch: Batch, sig: Signature, terms, limi
         raise RuntimeError(f"gradient pass found {len(tensors) + len(regs)} terms, the inventory {len(terms)}")
     shared_terms = terms[: len(tensors)]
     reg_terms = [t for (_, v, _, _), t in zip(regs, terms[len(tensors):]) if id(v) in trainable]
-    acc = gmod.Accumulator(paths)
+    path_of = {id(v): p for v, p in zip(variables, paths)}
+    reg_paths = [path_of[id(v)] for v, _ in regularized]
+    # a regularizer's gradient is held for another on the same variable only when there can be one
+    acc = gmod.Accumulator(paths, hold_locals=len(set(reg_paths)) < len(reg_paths))
     notes = []
     if len(regularized) < len(regs):
         notes.append("regularizers on non-trainable weights (which tf_keras still adds to the loss) "
@@ -81,10 +85,16 @@ def attribute_gradients(engine, model, batch: Batch, sig: Signature, terms, limi
             acc.add_shared(unit, {p: dense_grad(tf, g) for p, g in zip(paths, grads)})
         if regularized:
             grads = tape.gradient(reg_sum, [v for v, _ in regularized])
-            path_of = {id(v): p for v, p in zip(variables, paths)}
-            for term, (v, _), g in zip(reg_terms, regularized, grads):
+            for term, path, g in zip(reg_terms, reg_paths, grads):
                 unit = gmod.Unit(term.id, term.id, term.kind, [term.id], False)
-                acc.add_local(unit, path_of[id(v)], dense_grad(tf, g))
+                acc.add_local(unit, path, dense_grad(tf, g))
     finally:
         del tape
-    return acc, notes
+    return Attributed(acc, notes)
+
+
+def attribute_gradients(engine, model, batch: Batch, sig: Signature, terms, limit: int,
+                        total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
+    """`begin_attribution`, finished. `total_gradient` (what the real train_step applied) is accepted for the
+    common interface and not used: every trunk-sharing term here gets its own backward pass."""
+    return begin_attribution(engine, model, batch, sig, terms, limit, capture).finish(total_gradient)

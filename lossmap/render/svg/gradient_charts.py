@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lossmap import gradient_layout as layout
 from lossmap.render import anchor_id
 from lossmap.render.svg.gradient_units import (MAX_UNIT_ROWS, display_units, layer_order, row_label, rss,
                                                unit_title, units)
@@ -252,7 +253,7 @@ def _cosine_table(g: dict):
     all_units = units(g)
     by_id = {u["id"]: u for u in all_units}
     shared, cosine = {}, {}
-    for p in g.get("pairs") or []:
+    for p in layout.pairs(g):
         shared[(p["a"], p["b"])] = shared[(p["b"], p["a"])] = p.get("shared_variables")
         cosine[(p["a"], p["b"])] = cosine[(p["b"], p["a"])] = p.get("cosine")
     # Weight regularizers each reach one variable, so two of them never share weights: their

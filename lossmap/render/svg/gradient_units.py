@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from lossmap import gradient_layout as layout
 from lossmap.render import anchor_id
 from lossmap.render.svg.primitives import finite, fit, num, pct
 
@@ -18,36 +19,27 @@ def units(g: dict) -> list:
     """Each attribution unit once, in the order of `gradients['units']`."""
     entries = g.get("terms") or {}
     out = []
-    for u in g.get("units") or _units_from_entries(entries):
+    for u in g.get("units") or ():
         e = next((entries[t] for t in u.get("terms", []) if t in entries), None) or {}
         term_ids = list(u.get("terms", []))
+        dead = bool(u.get("dead", e.get("dead")))
         out.append({
             "id": u["id"],
             "label": u.get("label") or u["id"],
             "kind": u.get("kind") or "custom",
             "term_ids": term_ids,
             "grouped": bool(u.get("grouped")),
-            "norm": e.get("norm", u.get("norm")),
-            "share": e.get("share"),
-            "norm_share": e.get("norm_share"),
-            "per_layer": dict(e.get("per_layer") or {}),
-            "dead": bool(e.get("dead")),
-            "dead_count": 1 if e.get("dead") else 0,
+            "norm": u.get("norm", e.get("norm")),
+            "share": u.get("share", e.get("share")),
+            "norm_share": u.get("norm_share", e.get("norm_share")),
+            "per_layer": layout.per_layer(g, u),
+            "dead": dead,
+            "dead_count": 1 if dead else 0,
             "members": 1,
             "href": "#" + anchor_id("term", term_ids[0]) if len(term_ids) == 1 else None,
             "merged": False,
         })
     return out
-
-
-def _units_from_entries(entries: dict) -> list:
-    """Older documents have no `units`: rebuild them from the per-term entries."""
-    seen: dict = {}
-    for tid, e in entries.items():
-        u = seen.setdefault(e["unit"], {"id": e["unit"], "label": e["unit"], "kind": "custom",
-                                        "terms": [], "grouped": e.get("grouped", False)})
-        u["terms"].append(tid)
-    return list(seen.values())
 
 
 def rss(values) -> float:

@@ -1,6 +1,7 @@
 """Page 1: where `add_loss` and KL losses are added after the forward pass (tf_keras + TFP, then Keras 3)."""
 from __future__ import annotations
 
+from lossmap.gradient_layout import pairs as gradient_pairs, term_views
 import lossmap
 from lossmap.examples import dense_variational, variational_keras3
 from sitegen.claims import num
@@ -110,7 +111,7 @@ def _reach_claims(page, tf_a, k3_a) -> dict:
     check = page.claims.check
     out = {}
     for key, name, a in (("reach_tf", "tf_keras", tf_a), ("reach_k3", "Keras 3", k3_a)):
-        reach = a.gradients["terms"][KL]["reach"]["variables"]
+        reach = term_views(a.gradients)[KL]["reach"]["variables"]
         out[key] = check(f"in {name}, the KL term's gradient reaches {len(reach)} variables "
                          f"({', '.join(f'`{v}`' for v in reach)}), the posterior's and the prior's, and no variable of "
                          "the trunk", reach and not any(v.startswith("trunk/") for v in reach))

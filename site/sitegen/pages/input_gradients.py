@@ -6,6 +6,7 @@ import importlib
 import logging
 import math
 
+from lossmap.gradient_layout import pairs as gradient_pairs, term_views
 import lossmap
 from lossmap.examples import input_gradient_tapes as tapes
 from sitegen.claims import num
@@ -74,7 +75,7 @@ def _value_claims(page, an) -> dict:
 
 def _path_claims(page, an) -> dict:
     check = page.claims.check
-    g = {k: a.gradients["terms"][TERM] for k, a in an.items()}
+    g = {k: term_views(a.gradients)[TERM] for k, a in an.items()}
     msg = {k: next(f.message for f in a.findings if f.code == "INPUT_GRADIENT_TERM") for k, a in an.items()}
     reach = g["nested"]["reach"]["variables"]
     out_vars = [v for v in reach if "/out/" in v]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from lossmap.gradient_layout import pairs as gradient_pairs, term_views
 import lossmap
 from lossmap.examples import regularized
 from sitegen.claims import num
@@ -76,7 +77,7 @@ def _moment_claims(page, a, moments) -> dict:
 
 def _reach_claims(page, a, reach_by_hand) -> dict:
     check = page.claims.check
-    reach = {t: e["reach"] for t, e in a.gradients["terms"].items()}
+    reach = {t: e["reach"] for t, e in term_views(a.gradients).items()}
     hand = [v for v, has in reach_by_hand.items() if has]
     return {
         "by_hand": check("Read under a `GradientTape`, the L2 entry has a gradient for exactly one variable, "

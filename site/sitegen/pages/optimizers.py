@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from lossmap.gradient_layout import pairs as gradient_pairs, term_views
 import lossmap
 from lossmap.examples import two_heads
 from sitegen import plots
@@ -124,9 +125,9 @@ def _rel(p, q) -> float:
 
 def _lossmap_claims(page, summed_a, pc_a) -> dict:
     check = page.claims.check
-    g = summed_a.gradients["terms"]
+    g = term_views(summed_a.gradients)
     a, b = g["custom/loss_a"], g["custom/loss_b"]
-    pair = summed_a.gradients["pairs"][0]
+    pair = gradient_pairs(summed_a.gradients)[0]
     return {
         "shares": check(f"On the whole dataset before training, lossmap gives loss_a {100 * a['share']:.1f}% of the "
                         f"summed gradient and loss_b {100 * b['share']:.1f}%; on the trunk their gradients' norms are "

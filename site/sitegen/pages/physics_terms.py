@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 
+from lossmap.gradient_layout import pairs as gradient_pairs, term_views
 import lossmap
 from lossmap.examples import physics_detached, physics_training
 from sitegen import plots
@@ -92,7 +93,7 @@ def _split_claims(page, a) -> dict:
 def _detached_claims(page, a, d) -> dict:
     check = page.claims.check
     dead = next((f for f in d.findings if f.code == "DEAD_TERM" and f.term == "custom/loss_z"), None)
-    entry = d.gradients["terms"]["custom/loss_z"]
+    entry = term_views(d.gradients)["custom/loss_z"]
     return {
         "same_value": check(f"`loss_z` has the same value as in the intact step ({num(d.term('custom/loss_z').value, 6)})"
                             " and the total is still verified",
@@ -104,7 +105,7 @@ def _detached_claims(page, a, d) -> dict:
 
 
 def _pair(a, x, y):
-    return next(p for p in a.gradients["pairs"] if {p["a"], p["b"]} == {x, y})
+    return next(p for p in gradient_pairs(a.gradients) if {p["a"], p["b"]} == {x, y})
 
 
 def _plateau_claims(page, hist, trained, trained_d) -> dict:
