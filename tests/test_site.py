@@ -72,9 +72,15 @@ def test_page2_kernel_reach_is_an_assertion_on_lossmaps_result(site):
     from sitegen.claims import ClaimFailed, Claims
     from sitegen.pages import model_losses
 
-    term = {"reach": {"layers": ["dense_1"], "variables": ["dense_1/bias", "dense_1/kernel"]}}
+    gradients = {  # the gradients JSON's layout (lossmap.gradient_layout): reach by index into the tables
+        "layers": ["dense_1", "dense_2"],
+        "variables": ["dense_1/kernel", "dense_1/bias", "dense_2/kernel"],
+        "units": [{"id": "u0", "reach": {"layers": [[0, 1]], "variables": [[0, 2]]}},
+                  {"id": "u1", "reach": {"layers": [[0, 2]], "variables": [[0, 3]]}}],
+        "terms": {model_losses.L2: {"unit": "u0"}, "activity/dense_2": {"unit": "u1"}},
+    }
     fake = types.SimpleNamespace(
-        gradients={"terms": {model_losses.L2: term, "activity/dense_2": {"reach": {"layers": ["dense_1", "dense_2"]}}}},
+        gradients=gradients,
         total=types.SimpleNamespace(reproduced=1.0, train_step=1.0, verified=True))
     page = types.SimpleNamespace(claims=Claims("model-losses"))
     with pytest.raises(ClaimFailed, match=r"page 'model-losses': claim failed: An L2 on one layer reaches exactly"):

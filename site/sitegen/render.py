@@ -95,7 +95,14 @@ class PageBuild:
         return {"total": eq["total"], "parts": parts, "summation": analysis.total.summation}
 
     def term_rows(self, analysis, report_href: str) -> list:
-        return [dict(r, href=f"{report_href}#{r['anchor']}") for r in self.view(analysis)["rows"]]
+        """The report's term rows, each gradient with its reach by name (`gradient_layout.term_view`)."""
+        from lossmap.gradient_layout import term_view
+
+        rows = []
+        for r in self.view(analysis)["rows"]:
+            view = term_view(analysis.gradients, r["t"].id) if r.get("gradient") else None
+            rows.append(dict(r, href=f"{report_href}#{r['anchor']}", gradient=view))
+        return rows
 
     # ---- files
     def report(self, analysis, name: str, title: str, command: str) -> str:
