@@ -131,6 +131,7 @@ class Engine:
 
     name = "?"  # "keras3" | "tf_keras": ModelInfo.engine, the JSON's model.engine
     label = "?"  # how messages name it ("Keras 3")
+    backend_name = "tensorflow"  # the Keras backend this engine runs on (lossmap.engines.BACKENDS)
     package = "?"  # the top-level Python package of this Keras ("keras")
     engine_diffs_by_default = False  # the ENGINE_DIFF_* findings without --compare-engines
     reason: Optional[str] = None  # why this engine explains the model, in words (set by `lossmap.load`)
