@@ -14,8 +14,13 @@ from typing import Optional
 import numpy as np
 
 
-def as_numpy(t):
-    return None if t is None else np.array(t)
+def as_numpy(t, copy=True):
+    """`t` as a NumPy array (a copy unless `copy=False`); a torch tensor's value without its autograd record."""
+    if t is None:
+        return None
+    if hasattr(t, "requires_grad") and hasattr(t, "detach"):  # torch: numpy() refuses a tensor that requires grad
+        t = t.detach().cpu()
+    return np.array(t) if copy else np.asarray(t)
 
 
 def jsonable(obj):
@@ -41,7 +46,7 @@ def reg_config(reg):
 
 
 def call_regularizer(reg, tensor):
-    return np.array(reg(tensor))
+    return as_numpy(reg(tensor))
 
 
 def all_metrics(model):

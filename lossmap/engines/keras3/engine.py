@@ -61,6 +61,12 @@ class Keras3Engine(KerasEngine):
                 "[sum over outputs of loss_weight * Loss.__call__] + "
                 "sum over model.losses of ops.sum(loss), added with ops.sum")
 
+    def autodiff(self):
+        """What the attribution (`train_step.py`) takes gradients with: `tf.GradientTape` and `tf.IndexedSlices`."""
+        import tensorflow as tf
+
+        return tf
+
     def walkthrough_anchors(self) -> list:
         """The installed Keras functions behind the total, as `lossmap.sources.Anchor`s."""
         from lossmap.engines.keras3 import anchors
@@ -88,10 +94,8 @@ class Keras3Engine(KerasEngine):
 
     def model_info(self, model, source, saved_with):
         from lossmap.analysis import ModelInfo
-        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
-        from keras.src.trainers.trainer import Trainer
 
-        cls = type(model)
+        overridden = self.overrides(model)  # against this backend's trainer (steps.py)
         return ModelInfo(
             source=source,
             name=model.name,
@@ -100,8 +104,8 @@ class Keras3Engine(KerasEngine):
             backend=self.backend(),
             saved_with=saved_with,
             compiled=bool(getattr(model, "compiled", False)),
-            custom_train_step=cls.train_step is not TensorFlowTrainer.train_step,
-            custom_compute_loss=cls.compute_loss is not Trainer.compute_loss,
+            custom_train_step=overridden["train_step"] is not None,
+            custom_compute_loss=overridden["compute_loss"] is not None,
         )
 
     # ------------------------------------------------------------ signature

@@ -173,8 +173,9 @@ _SQUEEZED_AGAIN = frozenset({"mean_squared_error", "mean_absolute_error", "mean_
                              "mean_squared_logarithmic_error", "cosine_similarity", "huber", "log_cosh"})
 
 
-def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps):
-    """Per-sample values of Keras's built-in loss function `fn` (a name).
+def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps, rules=None):
+    """Per-sample values of Keras's built-in loss function `fn` (a name), by the rows of `rules`
+    (default: this backend's; another backend's rules reuse the rank alignment).
 
     Returns (values, out_mask); out_mask is what the function attaches to its
     result (only sparse crossentropy with ignore_class does).
@@ -186,7 +187,8 @@ def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps):
         logits = None
     if fn in _SQUEEZED_AGAIN:
         y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
-    return LOSSES[fn](KERAS3, y_true, y_pred, logits, kw, dtype, eps)
+    rules = rules or KERAS3
+    return rules.LOSSES[fn](rules, y_true, y_pred, logits, kw, dtype, eps)
 
 
 def regularizer_value(cls_name, config, x):
@@ -199,6 +201,7 @@ class Keras3Rules(common.Rules):
     """How Keras 3 reduces, aggregates and adds the terms (`Trainer.compute_loss`)."""
 
     name = "keras3"
+    reads_attached_logits = True  # the backend's crossentropies use the logits a softmax/sigmoid attaches
     LOSSES = LOSSES
     elementwise_loss = staticmethod(elementwise_loss)
     reduce_weighted = staticmethod(reduce_weighted_values)

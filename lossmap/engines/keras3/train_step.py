@@ -69,7 +69,7 @@ class _GradientRecorder:
 
 def _taped_targets(engine, model, batch, sig, capture):
     """(tape, term tensors, regularized variables): the capture's recorded pass, or a new one."""
-    import tensorflow as tf
+    tf = engine.autodiff()
 
     context = getattr(capture, "gradient_context", None) if capture is not None else None
     if context is not None:
@@ -115,9 +115,9 @@ def begin_attribution(engine, model, batch: Batch, sig: Signature, terms, limit:
     the same tensors in the same order. With `derive`, the largest compiled term is left
     for `finish`, to be taken as the real train_step's gradient minus all the others.
     """
-    import tensorflow as tf
     from lossmap import gradients as gmod
 
+    tf = engine.autodiff()
     variables = list(model.trainable_variables)
     paths = [v.path for v in variables]
     tape, tensors, regularized = _taped_targets(engine, model, batch, sig, capture)
@@ -158,9 +158,9 @@ class _Pending:
     def finish(self, total_gradient: Optional[dict] = None):
         """(Accumulator, notes): the derived unit from `total_gradient` (or a backward pass of a new
         taped forward pass when there is none), and each weight regularizer, variable by variable."""
-        import tensorflow as tf
         from lossmap import gradients as gmod
 
+        tf = self.engine.autodiff()
         acc = self.acc
         derived = None
         if self.later is not None:

@@ -1,0 +1,57 @@
+"""Keras 3 on PyTorch: what the custom-training-code stage (`lossmap.steps`) needs to know.
+
+Keras 3's answers (`lossmap.engines.keras3.steps`) hold on torch, except: the default
+`train_step` to compare an override against is `TorchTrainer.train_step`; a gradient is a
+torch tensor (`dense_gradient`); a batch becomes torch tensors (`as_tensors`); the optimizer's
+first update is taken without autograd recording (as `TorchTrainer.train_step` applies it).
+A step's gradient on torch is what `loss.backward()` leaves in each parameter's `.grad`:
+`lossmap.steps` reads it through `gradients_of`.
+"""
+from __future__ import annotations
+
+from lossmap.engines.common.helpers import as_numpy
+from lossmap.engines.keras3 import steps as _k3
+from lossmap.engines.keras3.steps import (  # noqa: F401 - the same on torch
+    KERAS_LOSS_SIGNATURES,
+    Expansion,
+    additional_for,
+    builtin_loss_name,
+    expand_keras_loss,
+    metric_classes,
+    optimizer_classes,
+    probe,
+    training_layers,
+    variable_namer,
+)
+
+
+def overrides(model) -> dict:
+    """{"train_step": function or None, "compute_loss": function or None}: the user's overrides."""
+    from keras.src.backend.torch.trainer import TorchTrainer
+    from keras.src.trainers.trainer import Trainer
+
+    cls = type(model)
+    return {
+        "train_step": cls.train_step if cls.train_step is not TorchTrainer.train_step else None,
+        "compute_loss": cls.compute_loss if cls.compute_loss is not Trainer.compute_loss else None,
+    }
+
+
+def dense_gradient(g):
+    """A torch gradient as a NumPy array (None stays None)."""
+    return as_numpy(g)
+
+
+def first_update(engine, optimizer, gradients: dict, variables: dict) -> dict:
+    """Keras 3's first update, with torch recording nothing (the optimizer writes variables in place)."""
+    import torch
+
+    with torch.no_grad():
+        return _k3.first_update(engine, optimizer, gradients, variables)
+
+
+def as_tensors(structure):
+    """A batch structure of arrays as torch tensors (on Keras's device)."""
+    from keras import ops, tree
+
+    return tree.map_structure(lambda a: None if a is None else ops.convert_to_tensor(a), structure)
