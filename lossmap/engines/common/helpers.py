@@ -221,7 +221,7 @@ def explain_load_error(path, exc) -> str:
 
 # How Keras 3 and tf_keras say that a saved weight has another shape than the variable the config built.
 _MISMATCH = (
-    re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))\. "
+    re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\)|torch\.Size\(\[[^\]]*\]\))\. "
                r"Target variable: <Variable path=([^,>]+)"),
     re.compile(r"Cannot assign value to variable '\s*([^':]+)(?::\d+)?': Shape mismatch\.\s*The variable shape "
                r"(\([^)]*\)), and the assigned value shape (\([^)]*\))"),
@@ -231,8 +231,10 @@ _MISMATCH = (
 def weights_mismatch(text):
     """(variable path, shape in the model, shape saved) when `text` is a loading error about a weight's shape."""
     keras3, tf_keras = (p.search(text) for p in _MISMATCH)
-    if keras3:
-        return keras3.group(3).strip(), keras3.group(1), keras3.group(2)
+    if keras3:  # the torch backend prints the value's shape as torch.Size([3, 2])
+        saved = re.sub(r"^torch\.Size\(\[([^\]]*)\]\)$", lambda m: str(tuple(int(d) for d in m.group(1).split(",") if d.strip())),
+                       keras3.group(2))
+        return keras3.group(3).strip(), keras3.group(1), saved
     if tf_keras:
         return tf_keras.group(1).strip(), tf_keras.group(2), tf_keras.group(3)
     return None

@@ -10,6 +10,7 @@ so that code runs unchanged on torch.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 from lossmap.engines.base import Batch, Capture, Signature
 from lossmap.engines.keras3 import capture as _k3
@@ -36,7 +37,7 @@ class _Tape:
     def stop_recording(self):
         return self.torch.no_grad()
 
-    def gradient(self, target, sources):
+    def gradient(self, target, sources, **options):  # options: TensorFlow's (unconnected_gradients), moot here
         torch = self.torch
         targets = [t for t in (target if isinstance(target, (list, tuple)) else [target]) if t is not None]
         inputs = [getattr(s, "value", s) for s in sources]
@@ -69,14 +70,23 @@ def capture(engine, model, batch: Batch, sig: Signature, keep_tape: bool = False
     import torch
 
     tape = _Tape(persistent=True) if keep_tape else None
-    with tape if tape is not None else torch.no_grad():
+    with tape if tape is not None else torch.no_grad(), tensorflow_left_alone():
         return _k3._capture(engine, model, batch, sig, tape)
 
 
-def no_recording():
-    """A block in which torch builds no autograd graph."""
+@contextlib.contextmanager
+def tensorflow_left_alone():
+    """Keras's `serialize_keras_object` (a loss's `get_config`) imports TensorFlow when it is installed, only
+    to ask whether an object is a `tf.TensorShape`: while TensorFlow was never imported, nothing is one,
+    so Keras's lazy module is told TensorFlow is unavailable for the block (seconds saved on torch)."""
+    from keras.src.utils import module_utils
+
+    lazy = getattr(module_utils, "tensorflow", None)
+    if lazy is None or "tensorflow" in sys.modules or getattr(lazy, "_available", True) is not None:
+        yield
+        return
+    lazy._available = False
     try:
-        import torch
-    except ImportError:  # pragma: no cover - the engine is not made without torch
-        return contextlib.nullcontext()
-    return torch.no_grad()
+        yield
+    finally:
+        lazy._available = None

@@ -16,7 +16,6 @@ from lossmap.engines.keras3.steps import (  # noqa: F401 - the same on torch
     Expansion,
     additional_for,
     builtin_loss_name,
-    expand_keras_loss,
     metric_classes,
     optimizer_classes,
     probe,
@@ -35,6 +34,14 @@ def overrides(model) -> dict:
         "train_step": cls.train_step if cls.train_step is not TorchTrainer.train_step else None,
         "compute_loss": cls.compute_loss if cls.compute_loss is not Trainer.compute_loss else None,
     }
+
+
+def expand_keras_loss(engine, model, sig, call, loss_probe):
+    """Keras 3's expansion of a `compute_loss` call, without Keras importing TensorFlow for a loss's config."""
+    from lossmap.engines.keras3_torch.capture import tensorflow_left_alone
+
+    with tensorflow_left_alone():
+        return _k3.expand_keras_loss(engine, model, sig, call, loss_probe)
 
 
 def dense_gradient(g):
