@@ -44,6 +44,25 @@ def expand_keras_loss(engine, model, sig, call, loss_probe):
         return _k3.expand_keras_loss(engine, model, sig, call, loss_probe)
 
 
+def no_objective_reason(d):
+    """Why lossmap finds nothing differentiated in a torch step: it calls `loss.backward()` (the torch way),
+    which lossmap does not split into terms; None when the step does not."""
+    import libcst.matchers as m
+
+    calls = m.findall(d.step.function, m.Call(func=m.Attribute(attr=m.Name("backward"))))
+    if not calls:
+        return None
+    target = d.step.code(calls[0].func.value)
+    try:
+        where = f"{d.step.file}:{d.step.line_of(calls[0])}"
+    except KeyError:
+        where = f"{d.step.file}:{d.step.start_line}"
+    return (f"{d.fn.__qualname__} ({where}) differentiates {target} with {target}.backward(): lossmap does not "
+            "split a PyTorch training step with loss.backward() into terms yet; override compute_loss instead "
+            "(Keras's train_step differentiates what it returns, and lossmap explains that on torch), or explain "
+            "the model on the TensorFlow backend")
+
+
 def dense_gradient(g):
     """A torch gradient as a NumPy array (None stays None)."""
     return as_numpy(g)
