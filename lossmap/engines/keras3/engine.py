@@ -39,6 +39,8 @@ class Keras3Engine(KerasEngine):
     package = "keras"
     rules = KERAS3  # rules.py: Trainer.compute_loss and Loss.__call__ in NumPy
     steps_module = _steps  # steps.py: what lossmap.steps needs for custom training code
+    # the stages, one module each (another backend's engine sets its own)
+    capture_module, train_step_module, state_module = _capture, _train_step, _state
 
     def __init__(self):
         self.keras = _keras()
@@ -187,22 +189,23 @@ class Keras3Engine(KerasEngine):
 
     # ------------------------------------------------------------ the stages
     def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
-        return _capture.capture(self, model, batch, sig, keep_tape)
+        return self.capture_module.capture(self, model, batch, sig, keep_tape)
 
     def verify_train_step(self, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
-        return _train_step.verify_train_step(self, model, batch, sig, record_gradient)
+        return self.train_step_module.verify_train_step(self, model, batch, sig, record_gradient)
 
     def begin_attribution(self, model, batch: Batch, sig: Signature, terms, limit: int,
                           capture: Optional[Capture] = None, derive: bool = True):
-        return _train_step.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
+        return self.train_step_module.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
 
     def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
                             total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
-        return _train_step.attribute_gradients(self, model, batch, sig, terms, limit, total_gradient, capture)
+        return self.train_step_module.attribute_gradients(self, model, batch, sig, terms, limit, total_gradient,
+                                                          capture)
 
     def frozen_regularized_variables(self, model):
         return [v.path for v in model.non_trainable_weights if getattr(v, "regularizer", None) is not None]
 
     # ------------------------------------------------------------ state
     def state(self, model) -> _state.ModelState:
-        return _state.ModelState(model)
+        return self.state_module.ModelState(model)

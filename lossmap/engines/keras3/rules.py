@@ -118,9 +118,9 @@ def _binary_focal_crossentropy(r, y_true, y_pred, logits, kw, dtype, eps):
     t = smooth_binary(y_true, kw)
     p, lg = y_pred, logits
     if kw.get("from_logits", False):
-        lg = y_pred  # ops.sigmoid attaches its logits, so the bce below uses them
+        lg = y_pred if r.reads_attached_logits else None  # ops.sigmoid attaches its logits: the bce below uses them
         p = sigmoid(y_pred)
-    bce = backend_binary_crossentropy(t, p, lg, False, dtype, eps)
+    bce = r.backend_binary_crossentropy(t, p, lg, False, dtype, eps)
     p_t = t * p + (1 - t) * (1 - p)
     focal = np.power(1.0 - p_t, float(kw.get("gamma", 2.0))) * bce
     if kw.get("apply_class_balancing", False):
@@ -153,7 +153,8 @@ def _sparse_categorical_crossentropy(r, y_true, y_pred, logits, kw, dtype, eps):
         if logits is not None:
             # ops.where makes a new tensor: the softmax's logits are no longer attached.
             logits = None
-    res = backend_sparse_categorical_crossentropy(y_true, y_pred, logits, bool(kw.get("from_logits", False)), dtype, eps)
+    res = r.backend_sparse_categorical_crossentropy(y_true, y_pred, logits, bool(kw.get("from_logits", False)), dtype,
+                                                    eps)
     if valid is not None:
         res = np.where(valid, res, 0.0)
     return res, valid
@@ -207,6 +208,7 @@ class Keras3Rules(common.Rules):
     reduce_weighted = staticmethod(reduce_weighted_values)
     l2_normalize = staticmethod(l2_normalize)
     backend_binary_crossentropy = staticmethod(backend_binary_crossentropy)
+    backend_sparse_categorical_crossentropy = staticmethod(backend_sparse_categorical_crossentropy)
 
     def aggregate_additional(self, raw):
         """(value, step) of one entry of `model.losses`: `Trainer._aggregate_additional_loss` sums it."""

@@ -18,15 +18,18 @@ from lossmap.engines.common.train_step import no_optimizer, run_train_step, swap
 from lossmap.engines.keras3.capture import term_targets
 
 
-def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
-    """The loss the model's real `train_step` logs, and (`record_gradient`) the gradient it applied."""
+def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradient: bool = False,
+                      recorder_class=None) -> Verification:
+    """The loss the model's real `train_step` logs, and (`record_gradient`) the gradient it applied, as
+    `recorder_class` (default `_GradientRecorder`; another backend's step hands it over otherwise) keeps it."""
     xs, ys, sw = engine.pack_batch(model, sig, batch)
     notes = []
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return no_optimizer(notes)
     swapped = swap_in_fresh_optimizer(model, optimizer, notes) if not optimizer.built else None
-    recorder = (lambda m: _GradientRecorder(m.optimizer, m)) if record_gradient else None
+    recorder_class = recorder_class or _GradientRecorder
+    recorder = (lambda m: recorder_class(m.optimizer, m)) if record_gradient else None
     return run_train_step(model, (xs, ys, sw), notes, swapped, recorder=recorder)
 
 

@@ -5,15 +5,13 @@ backend-agnostic), so loading, the signature, batch packing and the inventory ar
 (`lossmap.engines.keras3.engine`). What the torch backend does otherwise lives here:
 its training step (`TorchTrainer.train_step`: `loss.backward()`, `optimizer.apply`) in
 `train_step.py`, autograd as the tape in `capture.py`, the parameters' `.grad` in the state
-(`state.py`), its crossentropies (no attached logits) in `rules.py`, its trainer and nn
+(`state.py`), its crossentropies (attached logits unread) in `rules.py`, its trainer and nn
 source in `anchors.py`/`notes.py`, and its half of the citations in `citations.py`.
 TensorFlow is never imported on this path.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-from lossmap.engines.base import Batch, Capture, Signature, Verification
+from lossmap.engines.base import Signature
 from lossmap.engines.keras3.engine import Keras3Engine
 from lossmap.engines.keras3_torch import capture as _capture, state as _state, steps as _steps
 from lossmap.engines.keras3_torch import train_step as _train_step
@@ -29,6 +27,7 @@ class Keras3TorchEngine(Keras3Engine):
     backend_name = "torch"
     rules = TORCH
     steps_module = _steps
+    capture_module, train_step_module, state_module = _capture, _train_step, _state
 
     def __init__(self):
         try:
@@ -63,25 +62,6 @@ class Keras3TorchEngine(Keras3Engine):
         from lossmap.engines.keras3_torch import citations
 
         return citations.facts(self, model, sig)
-
-    # ------------------------------------------------------------ the stages
-    def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
-        return _capture.capture(self, model, batch, sig, keep_tape)
-
-    def verify_train_step(self, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
-        return _train_step.verify_train_step(self, model, batch, sig, record_gradient)
-
-    def begin_attribution(self, model, batch: Batch, sig: Signature, terms, limit: int,
-                          capture: Optional[Capture] = None, derive: bool = True):
-        return _train_step.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
-
-    def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
-                            total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
-        pending = self.begin_attribution(model, batch, sig, terms, limit, capture, derive=total_gradient is not None)
-        return pending.finish(total_gradient)
-
-    def state(self, model) -> _state.ModelState:
-        return _state.ModelState(model)
 
     def seed_random(self, seed: int):
         """`torch.manual_seed`: torch's own random ops draw the same in every pass (Keras's layers draw

@@ -8,24 +8,15 @@ compiled term's gradient from them. Attribution itself is Keras 3's
 """
 from __future__ import annotations
 
-from typing import Optional
-
-from lossmap.engines.base import Batch, Capture, Signature, Verification
+from lossmap.engines.base import Batch, Signature, Verification
 from lossmap.engines.common.helpers import as_numpy
-from lossmap.engines.common.train_step import no_optimizer, run_train_step, swap_in_fresh_optimizer
 from lossmap.engines.keras3 import train_step as _k3
+from lossmap.engines.keras3.train_step import attribute_gradients, begin_attribution  # noqa: F401 - autograd's
 
 
 def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
-    """The loss the model's real `train_step` logs, and (`record_gradient`) the gradient it applied."""
-    xs, ys, sw = engine.pack_batch(model, sig, batch)
-    notes = []
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return no_optimizer(notes)
-    swapped = swap_in_fresh_optimizer(model, optimizer, notes) if not optimizer.built else None
-    recorder = (lambda m: _ApplyRecorder(m.optimizer, m)) if record_gradient else None
-    return run_train_step(model, (xs, ys, sw), notes, swapped, recorder=recorder)
+    """Keras 3's verification: the loss the real `train_step` logs, and the gradients it hands `optimizer.apply`."""
+    return _k3.verify_train_step(engine, model, batch, sig, record_gradient, recorder_class=_ApplyRecorder)
 
 
 class _ApplyRecorder:
@@ -59,10 +50,3 @@ class _ApplyRecorder:
         except AttributeError:
             pass
         return False
-
-
-def begin_attribution(engine, model, batch: Batch, sig: Signature, terms, limit: int,
-                      capture: Optional[Capture] = None, derive: bool = True):
-    """Keras 3's attribution, with torch autograd: each unit's gradient is `torch.autograd.grad` of its
-    terms' sum with respect to the trainable variables' parameters, on the capture's graph."""
-    return _k3.begin_attribution(engine, model, batch, sig, terms, limit, capture, derive)
