@@ -74,9 +74,12 @@ def main(argv=None) -> int:
     cpu = {n: statistics.median(cpus[n]) for n in names}
     peak = {n: statistics.median(peaks[n]) for n in names}
     base = med["handwritten"]
-    print(f"\n{'command':<22} {'median s':>9} {'x handwritten':>14} {'CPU s':>7} {'peak MB':>8}")
+    low = {n: min(times[n]) for n in names}
+    print(f"\n{'command':<22} {'median s':>9} {'x handwritten':>14} {'min s':>7} {'x handwritten':>14} "
+          f"{'CPU s':>7} {'x handwritten':>14} {'peak MB':>8}")
     for n in names:
-        print(f"{n:<22} {med[n]:9.2f} {med[n] / base:14.2f} {cpu[n]:7.2f} {peak[n] / MB:8.0f}")
+        print(f"{n:<22} {med[n]:9.2f} {med[n] / base:14.2f} {low[n]:7.2f} {low[n] / low['handwritten']:14.2f} "
+              f"{cpu[n]:7.2f} {cpu[n] / cpu['handwritten']:14.2f} {peak[n] / MB:8.0f}")
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
     print("training loss printed: " + ", ".join(f"{n} {losses[n][-1]}" for n in names))
     if args.results:
@@ -91,6 +94,10 @@ def main(argv=None) -> int:
             "seconds": {n: [round(t, 3) for t in times[n]] for n in names},
             "median_seconds": {n: round(med[n], 3) for n in names},
             "ratio_to_handwritten": {n: round(med[n] / base, 3) for n in names},
+            # the least disturbed run of each: on a machine shared with other work, the steadier comparison
+            "min_seconds": {n: round(low[n], 3) for n in names},
+            "min_ratio_to_handwritten": {n: round(low[n] / low["handwritten"], 3) for n in names},
+            "cpu_ratio_to_handwritten": {n: round(cpu[n] / cpu["handwritten"], 3) for n in names},
             "median_cpu_seconds": {n: round(cpu[n], 3) for n in names},
             "median_peak_rss_bytes": {n: int(peak[n]) for n in names},
             "target_ratio": TARGET,
