@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
-
 from lossmap.engines.base import Verification
 from lossmap.engines.common.helpers import all_metrics, as_numpy, one_line
 

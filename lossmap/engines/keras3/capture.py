@@ -11,8 +11,6 @@ import contextlib
 import functools
 from typing import Optional
 
-import numpy as np
-
 from lossmap.engines.base import AdditionalCapture, Batch, Capture, CompiledCapture, Signature
 from lossmap.engines.common.helpers import (
     as_numpy,
