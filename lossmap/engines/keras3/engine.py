@@ -11,6 +11,7 @@ the NumPy mirror in `rules.py`, the report's anchors in `anchors.py` (notes in
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Optional
 
@@ -41,6 +42,8 @@ class Keras3Engine(KerasEngine):
     steps_module = _steps  # steps.py: what lossmap.steps needs for custom training code
     # the stages, one module each (another backend's engine sets its own)
     capture_module, train_step_module, state_module = _capture, _train_step, _state
+    # the report's anchors and the engine-difference citations (libcst): imported when asked
+    anchors_module, citations_module = "lossmap.engines.keras3.anchors", "lossmap.engines.keras3.citations"
 
     def __init__(self):
         self.keras = _keras()
@@ -71,20 +74,14 @@ class Keras3Engine(KerasEngine):
 
     def walkthrough_anchors(self) -> list:
         """The installed Keras functions behind the total, as `lossmap.sources.Anchor`s."""
-        from lossmap.engines.keras3 import anchors
-
-        return anchors.anchors()
+        return importlib.import_module(self.anchors_module).anchors()
 
     @classmethod
     def citations(cls) -> dict:
-        from lossmap.engines.keras3 import citations
-
-        return citations.specs()
+        return importlib.import_module(cls.citations_module).specs()
 
     def engine_facts(self, model, sig: Signature) -> dict:
-        from lossmap.engines.keras3 import citations
-
-        return citations.facts(self, model, sig)
+        return importlib.import_module(self.citations_module).facts(self, model, sig)
 
     # ------------------------------------------------------------ loading
     def load_archive(self, path: str, safe_mode: bool):

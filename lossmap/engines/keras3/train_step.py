@@ -37,8 +37,11 @@ class _GradientRecorder:
     """Keeps the gradients `train_step` hands to `optimizer.apply_gradients` (the tensors, not copies).
 
     Set on the optimizer instance for the one step and removed after; only kept
-    when they are the plain gradient of the loss (no loss scaling).
+    when they are the plain gradient of the loss (no loss scaling). Another backend's
+    step hands them to another method (`method`, `pairs`, `array`).
     """
+
+    method = "apply_gradients"
 
     def __init__(self, optimizer, model):
         self.optimizer = optimizer
@@ -46,25 +49,33 @@ class _GradientRecorder:
         self.paths = {id(v): v.path for v in model.trainable_variables}
         self.gradient = None
 
-    def __enter__(self):
+    def pairs(self, args, kwargs):
+        """((gradient, variable) pairs, the call's arguments) of one call of `method`: the zip, as a list."""
+        pairs = list(args[0])
+        return pairs, (pairs,) + tuple(args[1:])
+
+    def array(self, g):
         import tensorflow as tf
 
-        original = self.optimizer.apply_gradients
+        return _as_array(tf, g)
+
+    def __enter__(self):
+        original = getattr(self.optimizer, self.method)
         recorder = self
 
-        def apply_gradients(grads_and_vars, *args, **kwargs):
-            pairs = list(grads_and_vars)
+        def call(*args, **kwargs):
+            pairs, args = recorder.pairs(args, kwargs)
             if recorder.usable and recorder.gradient is None:
-                recorder.gradient = {recorder.paths.get(id(v), getattr(v, "path", None)): _as_array(tf, g)
+                recorder.gradient = {recorder.paths.get(id(v), getattr(v, "path", None)): recorder.array(g)
                                      for g, v in pairs}
-            return original(pairs, *args, **kwargs)
+            return original(*args, **kwargs)
 
-        object.__setattr__(self.optimizer, "apply_gradients", apply_gradients)
+        object.__setattr__(self.optimizer, self.method, call)
         return self
 
     def __exit__(self, *exc):
         try:
-            object.__delattr__(self.optimizer, "apply_gradients")
+            object.__delattr__(self.optimizer, self.method)
         except AttributeError:
             pass
         return False

@@ -11,7 +11,6 @@ TensorFlow is never imported on this path.
 """
 from __future__ import annotations
 
-from lossmap.engines.base import Signature
 from lossmap.engines.keras3.engine import Keras3Engine
 from lossmap.engines.keras3_torch import capture as _capture, state as _state, steps as _steps
 from lossmap.engines.keras3_torch import train_step as _train_step
@@ -28,6 +27,7 @@ class Keras3TorchEngine(Keras3Engine):
     rules = TORCH
     steps_module = _steps
     capture_module, train_step_module, state_module = _capture, _train_step, _state
+    anchors_module, citations_module = "lossmap.engines.keras3_torch.anchors", "lossmap.engines.keras3_torch.citations"
 
     def __init__(self):
         try:
@@ -46,22 +46,6 @@ class Keras3TorchEngine(Keras3Engine):
 
     def summation(self) -> str:
         return super().summation() + "; the torch backend differentiates it with loss.backward()"
-
-    def walkthrough_anchors(self) -> list:
-        from lossmap.engines.keras3_torch import anchors
-
-        return anchors.anchors()
-
-    @classmethod
-    def citations(cls) -> dict:
-        from lossmap.engines.keras3_torch import citations
-
-        return citations.specs()
-
-    def engine_facts(self, model, sig: Signature) -> dict:
-        from lossmap.engines.keras3_torch import citations
-
-        return citations.facts(self, model, sig)
 
     def seed_random(self, seed: int):
         """`torch.manual_seed`: torch's own random ops draw the same in every pass (Keras's layers draw

@@ -19,34 +19,17 @@ def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradie
     return _k3.verify_train_step(engine, model, batch, sig, record_gradient, recorder_class=_ApplyRecorder)
 
 
-class _ApplyRecorder:
-    """Keeps (copies of) the gradients `train_step` hands to `optimizer.apply`, for the one step.
+class _ApplyRecorder(_k3._GradientRecorder):
+    """Keras 3's recorder on `optimizer.apply(gradients, trainable_variables)`, where `TorchTrainer.train_step`
+    hands over each parameter's `.grad`; kept as copies (`optimizer.apply` does not change them, the next
+    `zero_grad` drops them)."""
 
-    Only kept when they are the plain gradient of the loss (no loss scaling).
-    """
+    method = "apply"
 
-    def __init__(self, optimizer, model):
-        self.optimizer = optimizer
-        self.usable = type(optimizer).__name__ != "LossScaleOptimizer"
-        self.paths = {id(v): v.path for v in model.trainable_variables}
-        self.gradient = None
+    def pairs(self, args, kwargs):
+        grads = args[0] if args else kwargs.get("grads")
+        variables = args[1] if len(args) > 1 else kwargs.get("trainable_variables")
+        return list(zip(grads, variables or [])), args
 
-    def __enter__(self):
-        original = self.optimizer.apply
-        recorder = self
-
-        def apply(grads, trainable_variables=None, *args, **kwargs):
-            if recorder.usable and recorder.gradient is None and trainable_variables is not None:
-                recorder.gradient = {recorder.paths.get(id(v), getattr(v, "path", None)): as_numpy(g)
-                                     for g, v in zip(grads, trainable_variables)}
-            return original(grads, trainable_variables, *args, **kwargs)
-
-        object.__setattr__(self.optimizer, "apply", apply)
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            object.__delattr__(self.optimizer, "apply")
-        except AttributeError:
-            pass
-        return False
+    def array(self, g):
+        return as_numpy(g)
