@@ -191,3 +191,11 @@ def test_a_train_step_with_loss_backward_is_refused_in_one_line_saying_what_to_d
     assert len(lines) == 1 and "Traceback" not in r["stderr"], r["stderr"]
     assert "GuideStepModel.train_step" in lines[0] and "torch_custom_steps.py:40" in lines[0], lines[0]
     assert "loss.backward()" in lines[0] and "override compute_loss instead" in lines[0], lines[0]
+
+
+def test_a_step_function_with_loss_backward_is_refused_in_one_line_too(custom_cases):
+    r = ok(custom_cases, "step_function")
+    assert r["exit"] == 2 and r["json"] is None, r
+    lines = r["stderr"].splitlines()
+    assert len(lines) == 1 and "Traceback" not in r["stderr"], r["stderr"]
+    assert lines[0].startswith("lossmap: loop_step (") and "loss.backward()" in lines[0], lines[0]

@@ -229,6 +229,13 @@ def train_step_override():
     return {"exit": code, "json": json.loads(out) if out.strip() else None, "stderr": err[-2000:]}
 
 
+@case("custom")
+def step_function():
+    spec = os.path.join(HERE, "torch_custom_steps.py")
+    code, out, err = cli("check", "--step", spec + ":loop_step", spec + ":plain", "--format", "json")
+    return {"exit": code, "json": json.loads(out) if out.strip() else None, "stderr": err[-2000:]}
+
+
 # ---------------------------------------------------------------- the property group
 @case("property")
 def built_in_losses():

@@ -47,3 +47,19 @@ class GuideStepModel(keras.Model):
 
 def guide_step():
     return _net(GuideStepModel, "guide_step", 5)
+
+
+def plain():
+    return _net(keras.Model, "plain", 6)
+
+
+def loop_step(model, x, y):
+    """A hand-written torch training step, as Keras's "training loop from scratch" guide writes it for torch."""
+    y_pred = model(x, training=True)
+    loss = keras.ops.mean(keras.ops.square(y - y_pred)) + sum(model.losses)
+    model.zero_grad()
+    loss.backward()
+    gradients = [v.value.grad for v in model.trainable_weights]
+    with torch.no_grad():
+        model.optimizer.apply(gradients, model.trainable_weights)
+    return loss

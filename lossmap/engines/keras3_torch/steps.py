@@ -57,10 +57,12 @@ def no_objective_reason(d):
         where = f"{d.step.file}:{d.step.line_of(calls[0])}"
     except KeyError:
         where = f"{d.step.file}:{d.step.start_line}"
+    instead = ("override compute_loss instead (Keras's train_step differentiates what it returns, and lossmap "
+               "explains that on torch)" if d.kind == "train_step" else
+               "leave out --step to explain the model's compiled loss (model.compute_loss)")
     return (f"{d.fn.__qualname__} ({where}) differentiates {target} with {target}.backward(): lossmap does not "
-            "split a PyTorch training step with loss.backward() into terms yet; override compute_loss instead "
-            "(Keras's train_step differentiates what it returns, and lossmap explains that on torch), or explain "
-            "the model on the TensorFlow backend")
+            f"split a PyTorch training step with loss.backward() into terms yet; {instead}, or explain the "
+            "step on the TensorFlow backend")
 
 
 def dense_gradient(g):
