@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: report test bench site clean
+.PHONY: report test bench bench-torch site clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_check.py
+
+# the same bench model on Keras 3 with PyTorch (bench/README.md)
+bench-torch: $(STAMP)
+	$(BIN)/python bench/bench_torch.py
 
 # The learning site (site/README.md): every page from models lossmap analyses now, into _site/
 site: $(STAMP)
