@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: report test bench site clean
+.PHONY: report test bench bench-torch site clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# TensorFlow over tensorflow-cpu; tensorflow-cpu provides the module, so no dependencies here.
 	$(BIN)/pip install --quiet --no-deps tf_keras -c constraints.txt
 	$(BIN)/pip install --quiet tensorflow-probability -c constraints.txt
+	# Keras 3 on PyTorch (tests/test_keras3_torch.py): the CPU build pinned in constraints.txt, from this
+	# machine's disk (15 s, +870 MB measured); an unpinned torch would take a CUDA build of several GB.
+	$(BIN)/pip install --quiet -e '.[torch]' -c constraints.txt
 	touch $(STAMP)
 
 report: $(STAMP)
@@ -27,6 +30,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_check.py
+
+# the same bench model on Keras 3 with PyTorch (bench/README.md)
+bench-torch: $(STAMP)
+	$(BIN)/python bench/bench_torch.py
 
 # The learning site (site/README.md): every page from models lossmap analyses now, into _site/
 site: $(STAMP)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import warnings
 
 from lossmap import limits
@@ -65,8 +66,10 @@ class VariableBudget:
     @contextlib.contextmanager
     def watching(self, engine: str):
         """Count every variable created in the body: TensorFlow variables that say their shape
-        (tf_keras), and Keras 3 variables before their initializer runs."""
-        import tensorflow as tf
+        (tf_keras), and Keras 3 variables before their initializer runs (any backend)."""
+        from lossmap.engines import keras_backend
+
+        tf = None if engine == "keras3" and keras_backend() != "tensorflow" else __import__("tensorflow")
 
         def creator(next_creator, **kwargs):
             if kwargs.get("shape") is not None and kwargs.get("dtype") is not None:
@@ -89,7 +92,7 @@ class VariableBudget:
 
             cls._initialize_with_initializer = counted
         try:
-            with tf.variable_creator_scope(creator):
+            with tf.variable_creator_scope(creator) if tf is not None else contextlib.nullcontext():
                 yield self
         finally:
             if original is not None:
@@ -115,9 +118,14 @@ def check_sample_size(model, path: str):
 
 
 def _dtype_size(dtype) -> int:
-    import tensorflow as tf
+    import numpy as np
 
-    return tf.as_dtype(getattr(dtype, "name", dtype)).size
+    name = getattr(dtype, "name", dtype)
+    try:
+        return np.dtype(str(name)).itemsize
+    except TypeError:  # a dtype NumPy does not know (bfloat16): TensorFlow's size where it is loaded
+        tf = sys.modules.get("tensorflow")
+        return tf.as_dtype(name).size if tf is not None else 4
 
 
 # What Keras says on loading a model that was compiled but never trained (its optimizer was not

@@ -87,3 +87,11 @@ def import_tensorflow():
     with native_stderr_filtered():
         import tensorflow
     return tensorflow
+
+
+def import_backend():
+    """`import_tensorflow` where Keras runs on TensorFlow; nothing on another backend (its users' code
+    imports what it needs, and TensorFlow would cost seconds for nothing)."""
+    from lossmap.engines import keras_backend
+
+    return import_tensorflow() if keras_backend() == "tensorflow" else None

@@ -24,6 +24,7 @@ BACKENDS = ("tensorflow", "jax", "torch")  # Keras 3's backends lossmap explains
 _CLASSES = {
     ("keras3", "tensorflow"): ("lossmap.engines.keras3", "Keras3Engine"),
     ("tf_keras", "tensorflow"): ("lossmap.engines.tf_keras", "TfKerasEngine"),
+    ("keras3", "torch"): ("lossmap.engines.keras3_torch", "Keras3TorchEngine"),
 }
 
 

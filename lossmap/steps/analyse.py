@@ -220,11 +220,11 @@ def _update_of(d, o, updates):
     records = [d.recorder.gradients.get(g.index) for g in o.gradient_calls()]
     if any(r is None for r in records):
         return None
-    import tensorflow as tf
+    from lossmap.steps.record import flatten
 
     if records[0].optimizer is not None:  # minimize: the optimizer's own apply_gradients
         return next(((i, u) for i, u in enumerate(updates) if u.optimizer is records[0].optimizer), None)
-    produced = {id(g) for r in records for g in tf.nest.flatten(r.result) if g is not None}
+    produced = {id(g) for r in records for g in flatten(r.result) if g is not None}
     for i, update in enumerate(updates):
         if produced & {id(g) for g in update.tensors if g is not None}:
             return i, update
@@ -323,7 +323,7 @@ def _verify_gradients(eng, result, d, first, second, rtol, atol):
 
 def _taken_gradient(eng, d, o):
     """What the step's own `tape.gradient` returned for this objective, by variable path (None for minimize)."""
-    import tensorflow as tf
+    from lossmap.steps.record import flatten
 
     name = d.attribution.namer
     out = {}
@@ -331,7 +331,7 @@ def _taken_gradient(eng, d, o):
         record = d.recorder.gradients.get(g.index)
         if record is None or record.result is None:
             return None
-        out.update({name(v): eng.dense_gradient(t) for v, t in zip(record.sources, tf.nest.flatten(record.result))})
+        out.update({name(v): eng.dense_gradient(t) for v, t in zip(record.sources, flatten(record.result))})
     return out or None
 
 

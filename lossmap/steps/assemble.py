@@ -18,6 +18,7 @@ import numpy as np
 
 from lossmap.analysis import Term
 from lossmap.engines.base import Capture
+from lossmap.engines.common.helpers import as_numpy
 from lossmap.steps.run import Decomposition, _returned_objectives
 from lossmap.terms import additional_term, compiled_term
 
@@ -44,7 +45,7 @@ class Assembled:
 
 def scalar_value(value) -> float:
     """A recorded value as one float (a non-scalar target is differentiated as its sum)."""
-    arr = np.asarray(value, np.float64)
+    arr = np.asarray(as_numpy(value, copy=False), np.float64)
     return float(arr) if arr.ndim == 0 else float(np.sum(arr))
 
 
@@ -154,7 +155,7 @@ def weight_of(rec, addend) -> float:
     w = addend.literal
     for coef_id, op in addend.factors:
         c = rec.coefs.get(coef_id)
-        c = float(np.asarray(c, np.float64)) if c is not None and np.size(c) == 1 else math.nan
+        c = float(np.asarray(as_numpy(c, copy=False), np.float64)) if c is not None and np.size(c) == 1 else math.nan
         w = w * c if op == "mul" else w / c
     return w
 
@@ -173,7 +174,7 @@ def decide_factors(rec, addend, recorded, weight):
     for side in (0, 1):
         coef, other = factors.get(side), factors.get(1 - side)
         if _is_constant(coef) and not _is_constant(other):
-            c = float(np.asarray(coef, np.float64))
+            c = float(np.asarray(as_numpy(coef, copy=False), np.float64))
             return scalar_value(other), weight * c, f"{texts[side]} * {texts[1 - side]}", weight
     return value, weight, addend.expression, weight
 
@@ -186,4 +187,4 @@ def _is_constant(value) -> bool:
     """A Python or NumPy number, or a scalar variable that does not train."""
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
         return True
-    return getattr(value, "trainable", None) is False and np.size(np.asarray(value)) == 1
+    return getattr(value, "trainable", None) is False and np.size(as_numpy(value, copy=False)) == 1

@@ -33,6 +33,9 @@ def decompose(eng, model, step: Optional[StepFunction]) -> Decomposition:
         raise ValueError("nothing custom to decompose")
     outer.nested = nested
     if not outer.parts.objectives:
+        why = getattr(getattr(eng, "steps_module", None), "no_objective_reason", None)  # the backend's own words
+        if why is not None and why(outer):
+            raise UserError(why(outer))
         raise UserError(f"{_where(outer)} never differentiates a loss with a GradientTape (no "
                         "tape.gradient(loss, variables) whose result an optimizer applies): lossmap explains a step "
                         "that computes and applies gradients")

@@ -5,7 +5,12 @@ the gradient with respect to the trainable variables and applies it. When a mode
 `compute_loss` alone, lossmap decomposes this function (whose `compute_loss` call expands into
 the user's override) and verifies against the model's real `train_step`.
 """
-import tensorflow as tf
+from lossmap.engines import keras_backend
+
+if keras_backend() == "torch":  # torch autograd, in the words of tf.GradientTape (keras3_torch/capture.py)
+    from lossmap.engines.keras3_torch.capture import AUTOGRAD as tf
+else:
+    import tensorflow as tf
 
 
 def keras_train_step(model, x, y, sample_weight=None):

@@ -8,6 +8,7 @@ the same tape the user differentiated with.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -70,10 +71,8 @@ class Recorder:
         return _TapeContext(self, index, made)
 
     def gradient(self, index, tape, target, sources, *args, **kwargs):
-        import tensorflow as tf
-
         result = tape.gradient(target, sources, *args, **kwargs)
-        record = GradientRecord(tape=tape, target=target, sources=list(tf.nest.flatten(sources)),
+        record = GradientRecord(tape=tape, target=target, sources=flatten(sources),
                                 structure=sources, result=result, inside=tuple(self.open_tapes))
         self.gradients[index] = record
         self.counts[("gradient", index)] += 1
@@ -86,10 +85,8 @@ class Recorder:
 
     def minimize(self, index, method, loss, var_list, tape=None, **kwargs):
         """`optimizer.minimize(loss, var_list, tape=tape)`: recorded as a gradient of `loss`, then run."""
-        import tensorflow as tf
-
         sources = var_list() if callable(var_list) else var_list
-        record = GradientRecord(tape=tape, target=loss, sources=list(tf.nest.flatten(sources)), structure=sources,
+        record = GradientRecord(tape=tape, target=loss, sources=flatten(sources), structure=sources,
                                 result=None, inside=tuple(self.open_tapes))
         record.optimizer = getattr(method, "__self__", None)
         self.gradients[index] = record
@@ -164,3 +161,13 @@ class _TapeContext:
     def __exit__(self, *exc):
         self.recorder.open_tapes.remove(self.index)
         return self.tape.__exit__(*exc)
+
+
+def flatten(structure) -> list:
+    """`tf.nest.flatten` where TensorFlow is loaded; `keras.tree.flatten` on another backend (same order)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        return list(tf.nest.flatten(structure))
+    from keras import tree
+
+    return list(tree.flatten(structure))

@@ -8,6 +8,7 @@ wraps) is then run as it is. An `OptimizerSpy` keeps the gradients each run hand
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -55,8 +56,8 @@ class Attribution:
         self.sources: dict = {}  # objective id -> variable paths it differentiates
 
     def __call__(self, gradient_index: int, record):
-        import tensorflow as tf
-
+        tf = sys.modules.get("tensorflow")  # not loaded on another backend: its tape has no such option
+        unconnected = {"unconnected_gradients": tf.UnconnectedGradients.NONE} if tf is not None else {}
         parts = self.decomposition.parts
         objective = next((o for o in parts.objectives
                           if any(g.index == gradient_index for g in o.gradient_calls())), None)
@@ -75,7 +76,7 @@ class Attribution:
                 out[key] = {}
                 continue
             # a list (regularizers of distinct variables) is differentiated as its sum: one pass
-            grads = record.tape.gradient(tensor, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+            grads = record.tape.gradient(tensor, sources, **unconnected)
             out[key] = {p: self.eng.dense_gradient(g) for p, g in zip(paths, grads) if g is not None}
         merged = self.term_gradients.setdefault(objective.id, {})
         for key, grads in out.items():  # another call of the same loss adds its variables

@@ -14,8 +14,13 @@ from typing import Optional
 import numpy as np
 
 
-def as_numpy(t):
-    return None if t is None else np.array(t)
+def as_numpy(t, copy=True):
+    """`t` as a NumPy array (a copy unless `copy=False`); a torch tensor's value without its autograd record."""
+    if t is None:
+        return None
+    if hasattr(t, "requires_grad") and hasattr(t, "detach"):  # torch: numpy() refuses a tensor that requires grad
+        t = t.detach().cpu()
+    return np.array(t) if copy else np.asarray(t)
 
 
 def jsonable(obj):
@@ -41,7 +46,7 @@ def reg_config(reg):
 
 
 def call_regularizer(reg, tensor):
-    return np.array(reg(tensor))
+    return as_numpy(reg(tensor))
 
 
 def all_metrics(model):
@@ -216,7 +221,7 @@ def explain_load_error(path, exc) -> str:
 
 # How Keras 3 and tf_keras say that a saved weight has another shape than the variable the config built.
 _MISMATCH = (
-    re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))\. "
+    re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\)|torch\.Size\(\[[^\]]*\]\))\. "
                r"Target variable: <Variable path=([^,>]+)"),
     re.compile(r"Cannot assign value to variable '\s*([^':]+)(?::\d+)?': Shape mismatch\.\s*The variable shape "
                r"(\([^)]*\)), and the assigned value shape (\([^)]*\))"),
@@ -226,8 +231,10 @@ _MISMATCH = (
 def weights_mismatch(text):
     """(variable path, shape in the model, shape saved) when `text` is a loading error about a weight's shape."""
     keras3, tf_keras = (p.search(text) for p in _MISMATCH)
-    if keras3:
-        return keras3.group(3).strip(), keras3.group(1), keras3.group(2)
+    if keras3:  # the torch backend prints the value's shape as torch.Size([3, 2])
+        saved = re.sub(r"^torch\.Size\(\[([^\]]*)\]\)$", lambda m: str(tuple(int(d) for d in m.group(1).split(",") if d.strip())),
+                       keras3.group(2))
+        return keras3.group(3).strip(), keras3.group(1), saved
     if tf_keras:
         return tf_keras.group(1).strip(), tf_keras.group(2), tf_keras.group(3)
     return None

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
-
 from lossmap.engines.base import Verification
-from lossmap.engines.common.helpers import all_metrics, one_line
+from lossmap.engines.common.helpers import all_metrics, as_numpy, one_line
 
 
 def no_optimizer(notes) -> Verification:
@@ -41,7 +39,7 @@ def run_train_step(model, data, notes, swapped=None, recorder=None) -> Verificat
         loss = logs.get("loss") if isinstance(logs, dict) else None
         if loss is None:
             return Verification(None, "train_step returned no 'loss' in its logs", "eager", notes, True)
-        return Verification(float(np.array(loss)), None, "eager", notes, True,
+        return Verification(float(as_numpy(loss)), None, "eager", notes, True,
                             total_gradient=applied.gradient if applied is not None else None)
     except Exception as exc:
         return Verification(None, one_line(exc), "eager", notes, True)

@@ -11,8 +11,6 @@ import contextlib
 import functools
 from typing import Optional
 
-import numpy as np
-
 from lossmap.engines.base import AdditionalCapture, Batch, Capture, CompiledCapture, Signature
 from lossmap.engines.common.helpers import (
     as_numpy,
@@ -56,7 +54,7 @@ def _capture(engine, model, batch: Batch, sig: Signature, tape) -> Capture:
         compute_loss, compute_error = None, None
         try:
             value = model._compute_loss(x=xs, y=ys, y_pred=y_pred, sample_weight=sw, training=True)
-            compute_loss = np.array(value)
+            compute_loss = as_numpy(value)
         except Exception as exc:
             compute_error = one_line(exc)
         with keras_fails_too(model, compute_error):
@@ -134,11 +132,12 @@ def gradient_targets(engine, model, ys, y_pred, sw):
 def _capture_compiled(engine, loss_fn, weight, name, output, y_t, y_p, s_w, cl_dtype, Loss):
     kb = engine.kbackend
     dtype = str(getattr(loss_fn, "dtype", None) or engine.keras.backend.floatx())
-    logits = getattr(y_p, "_keras_logits", None)
+    # the logits a softmax/sigmoid attaches, where this backend's crossentropies read them
+    logits = getattr(y_p, "_keras_logits", None) if engine.rules.reads_attached_logits else None
     if logits is not None and kb.standardize_dtype(y_p.dtype) != dtype:
         logits = None  # Loss.__call__ casts y_pred: the cast tensor carries no logits
     mask = kb.get_keras_mask(y_p)
-    keras_value = np.array(engine.keras.ops.cast(loss_fn(y_t, y_p, s_w), cl_dtype))
+    keras_value = as_numpy(engine.keras.ops.cast(loss_fn(y_t, y_p, s_w), cl_dtype))
     fn = builtin_fn_name(loss_fn)
     overrides_call = type(loss_fn).__call__ is not Loss.__call__
     call_user = None
@@ -159,8 +158,8 @@ def _capture_compiled(engine, loss_fn, weight, name, output, y_t, y_p, s_w, cl_d
         reduction=getattr(loss_fn, "reduction", None),
         dtype=dtype,
         weight=None if weight is None else float(weight),
-        y_true=np.array(y_t),
-        y_pred=np.array(y_p),
+        y_true=as_numpy(y_t),
+        y_pred=as_numpy(y_p),
         logits=as_numpy(logits),
         mask=as_numpy(mask),
         sample_weight=as_numpy(s_w),
@@ -194,8 +193,8 @@ def _layer_losses(model, probe, normalised) -> list:
                 config=reg_config(reg),
                 builtin=is_builtin_regularizer(reg),
                 source_tensor=info.get("source") if info else None,
-                raw=np.array(tensor),
-                keras_value=float(np.array(model._aggregate_additional_loss(tensor))),
+                raw=as_numpy(tensor),
+                keras_value=float(as_numpy(model._aggregate_additional_loss(tensor))),
                 call_user=(functools.partial(call_regularizer, reg, info.get("source_tensor"))
                            if reg is not None and not is_builtin_regularizer(reg) else None),
                 normalised_by_batch=kind == "activity_regularizer" and normalised,
@@ -223,9 +222,9 @@ def _weight_regularizers(engine, model) -> list:
             regularizer=type(reg).__name__,
             config=reg_config(reg),
             builtin=is_builtin_regularizer(reg),
-            source_tensor=np.asarray(ops.convert_to_tensor(variable)),  # the value read, not a copy
-            raw=np.array(raw),
-            keras_value=float(np.array(model._aggregate_additional_loss(ops.convert_to_tensor(raw)))),
+            source_tensor=as_numpy(ops.convert_to_tensor(variable), copy=False),  # the value read, not a copy
+            raw=as_numpy(raw),
+            keras_value=float(as_numpy(model._aggregate_additional_loss(ops.convert_to_tensor(raw)))),
             origin=None if is_builtin_regularizer(reg) else code_origin(reg),
             call_user=(None if is_builtin_regularizer(reg)
                        else functools.partial(call_regularizer, reg, variable)),
@@ -300,7 +299,7 @@ class _ActivityRecorder:
         result = self.regularizer(output)
         self.pending[id(self.layer)] = {
             "regularizer": self.regularizer,
-            "source": np.array(output),
+            "source": as_numpy(output),
             "source_tensor": output,
             "result": result,
         }
@@ -352,7 +351,7 @@ def _elementwise_user_loss(keras, loss_fn, y_t, y_p, dtype):
     y_pred = tree.map_structure(lambda x: ops.convert_to_tensor(x, dtype=dtype), y_p)
     y_true = tree.map_structure(lambda x: ops.convert_to_tensor(x, dtype=dtype), y_t)
     values = loss_fn.call(y_true, y_pred)
-    return np.array(values), as_numpy(backend.get_keras_mask(values))
+    return as_numpy(values), as_numpy(backend.get_keras_mask(values))
 
 
 # ---------------------------------------------------------------- reading Keras's source

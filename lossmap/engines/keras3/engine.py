@@ -11,6 +11,7 @@ the NumPy mirror in `rules.py`, the report's anchors in `anchors.py` (notes in
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Optional
 
@@ -39,6 +40,10 @@ class Keras3Engine(KerasEngine):
     package = "keras"
     rules = KERAS3  # rules.py: Trainer.compute_loss and Loss.__call__ in NumPy
     steps_module = _steps  # steps.py: what lossmap.steps needs for custom training code
+    # the stages, one module each (another backend's engine sets its own)
+    capture_module, train_step_module, state_module = _capture, _train_step, _state
+    # the report's anchors and the engine-difference citations (libcst): imported when asked
+    anchors_module, citations_module = "lossmap.engines.keras3.anchors", "lossmap.engines.keras3.citations"
 
     def __init__(self):
         self.keras = _keras()
@@ -61,22 +66,22 @@ class Keras3Engine(KerasEngine):
                 "[sum over outputs of loss_weight * Loss.__call__] + "
                 "sum over model.losses of ops.sum(loss), added with ops.sum")
 
+    def autodiff(self):
+        """What the attribution (`train_step.py`) takes gradients with: `tf.GradientTape` and `tf.IndexedSlices`."""
+        import tensorflow as tf
+
+        return tf
+
     def walkthrough_anchors(self) -> list:
         """The installed Keras functions behind the total, as `lossmap.sources.Anchor`s."""
-        from lossmap.engines.keras3 import anchors
-
-        return anchors.anchors()
+        return importlib.import_module(self.anchors_module).anchors()
 
     @classmethod
     def citations(cls) -> dict:
-        from lossmap.engines.keras3 import citations
-
-        return citations.specs()
+        return importlib.import_module(cls.citations_module).specs()
 
     def engine_facts(self, model, sig: Signature) -> dict:
-        from lossmap.engines.keras3 import citations
-
-        return citations.facts(self, model, sig)
+        return importlib.import_module(self.citations_module).facts(self, model, sig)
 
     # ------------------------------------------------------------ loading
     def load_archive(self, path: str, safe_mode: bool):
@@ -88,10 +93,8 @@ class Keras3Engine(KerasEngine):
 
     def model_info(self, model, source, saved_with):
         from lossmap.analysis import ModelInfo
-        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
-        from keras.src.trainers.trainer import Trainer
 
-        cls = type(model)
+        overridden = self.overrides(model)  # against this backend's trainer (steps.py)
         return ModelInfo(
             source=source,
             name=model.name,
@@ -100,8 +103,8 @@ class Keras3Engine(KerasEngine):
             backend=self.backend(),
             saved_with=saved_with,
             compiled=bool(getattr(model, "compiled", False)),
-            custom_train_step=cls.train_step is not TensorFlowTrainer.train_step,
-            custom_compute_loss=cls.compute_loss is not Trainer.compute_loss,
+            custom_train_step=overridden["train_step"] is not None,
+            custom_compute_loss=overridden["compute_loss"] is not None,
         )
 
     # ------------------------------------------------------------ signature
@@ -183,22 +186,23 @@ class Keras3Engine(KerasEngine):
 
     # ------------------------------------------------------------ the stages
     def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
-        return _capture.capture(self, model, batch, sig, keep_tape)
+        return self.capture_module.capture(self, model, batch, sig, keep_tape)
 
     def verify_train_step(self, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
-        return _train_step.verify_train_step(self, model, batch, sig, record_gradient)
+        return self.train_step_module.verify_train_step(self, model, batch, sig, record_gradient)
 
     def begin_attribution(self, model, batch: Batch, sig: Signature, terms, limit: int,
                           capture: Optional[Capture] = None, derive: bool = True):
-        return _train_step.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
+        return self.train_step_module.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
 
     def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
                             total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
-        return _train_step.attribute_gradients(self, model, batch, sig, terms, limit, total_gradient, capture)
+        return self.train_step_module.attribute_gradients(self, model, batch, sig, terms, limit, total_gradient,
+                                                          capture)
 
     def frozen_regularized_variables(self, model):
         return [v.path for v in model.non_trainable_weights if getattr(v, "regularizer", None) is not None]
 
     # ------------------------------------------------------------ state
     def state(self, model) -> _state.ModelState:
-        return _state.ModelState(model)
+        return self.state_module.ModelState(model)

@@ -18,15 +18,18 @@ from lossmap.engines.common.train_step import no_optimizer, run_train_step, swap
 from lossmap.engines.keras3.capture import term_targets
 
 
-def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
-    """The loss the model's real `train_step` logs, and (`record_gradient`) the gradient it applied."""
+def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradient: bool = False,
+                      recorder_class=None) -> Verification:
+    """The loss the model's real `train_step` logs, and (`record_gradient`) the gradient it applied, as
+    `recorder_class` (default `_GradientRecorder`; another backend's step hands it over otherwise) keeps it."""
     xs, ys, sw = engine.pack_batch(model, sig, batch)
     notes = []
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return no_optimizer(notes)
     swapped = swap_in_fresh_optimizer(model, optimizer, notes) if not optimizer.built else None
-    recorder = (lambda m: _GradientRecorder(m.optimizer, m)) if record_gradient else None
+    recorder_class = recorder_class or _GradientRecorder
+    recorder = (lambda m: recorder_class(m.optimizer, m)) if record_gradient else None
     return run_train_step(model, (xs, ys, sw), notes, swapped, recorder=recorder)
 
 
@@ -34,8 +37,11 @@ class _GradientRecorder:
     """Keeps the gradients `train_step` hands to `optimizer.apply_gradients` (the tensors, not copies).
 
     Set on the optimizer instance for the one step and removed after; only kept
-    when they are the plain gradient of the loss (no loss scaling).
+    when they are the plain gradient of the loss (no loss scaling). Another backend's
+    step hands them to another method (`method`, `pairs`, `array`).
     """
+
+    method = "apply_gradients"
 
     def __init__(self, optimizer, model):
         self.optimizer = optimizer
@@ -43,25 +49,33 @@ class _GradientRecorder:
         self.paths = {id(v): v.path for v in model.trainable_variables}
         self.gradient = None
 
-    def __enter__(self):
+    def pairs(self, args, kwargs):
+        """((gradient, variable) pairs, the call's arguments) of one call of `method`: the zip, as a list."""
+        pairs = list(args[0])
+        return pairs, (pairs,) + tuple(args[1:])
+
+    def array(self, g):
         import tensorflow as tf
 
-        original = self.optimizer.apply_gradients
+        return _as_array(tf, g)
+
+    def __enter__(self):
+        original = getattr(self.optimizer, self.method)
         recorder = self
 
-        def apply_gradients(grads_and_vars, *args, **kwargs):
-            pairs = list(grads_and_vars)
+        def call(*args, **kwargs):
+            pairs, args = recorder.pairs(args, kwargs)
             if recorder.usable and recorder.gradient is None:
-                recorder.gradient = {recorder.paths.get(id(v), getattr(v, "path", None)): _as_array(tf, g)
+                recorder.gradient = {recorder.paths.get(id(v), getattr(v, "path", None)): recorder.array(g)
                                      for g, v in pairs}
-            return original(pairs, *args, **kwargs)
+            return original(*args, **kwargs)
 
-        object.__setattr__(self.optimizer, "apply_gradients", apply_gradients)
+        object.__setattr__(self.optimizer, self.method, call)
         return self
 
     def __exit__(self, *exc):
         try:
-            object.__delattr__(self.optimizer, "apply_gradients")
+            object.__delattr__(self.optimizer, self.method)
         except AttributeError:
             pass
         return False
@@ -69,7 +83,7 @@ class _GradientRecorder:
 
 def _taped_targets(engine, model, batch, sig, capture):
     """(tape, term tensors, regularized variables): the capture's recorded pass, or a new one."""
-    import tensorflow as tf
+    tf = engine.autodiff()
 
     context = getattr(capture, "gradient_context", None) if capture is not None else None
     if context is not None:
@@ -115,9 +129,9 @@ def begin_attribution(engine, model, batch: Batch, sig: Signature, terms, limit:
     the same tensors in the same order. With `derive`, the largest compiled term is left
     for `finish`, to be taken as the real train_step's gradient minus all the others.
     """
-    import tensorflow as tf
     from lossmap import gradients as gmod
 
+    tf = engine.autodiff()
     variables = list(model.trainable_variables)
     paths = [v.path for v in variables]
     tape, tensors, regularized = _taped_targets(engine, model, batch, sig, capture)
@@ -158,9 +172,9 @@ class _Pending:
     def finish(self, total_gradient: Optional[dict] = None):
         """(Accumulator, notes): the derived unit from `total_gradient` (or a backward pass of a new
         taped forward pass when there is none), and each weight regularizer, variable by variable."""
-        import tensorflow as tf
         from lossmap import gradients as gmod
 
+        tf = self.engine.autodiff()
         acc = self.acc
         derived = None
         if self.later is not None:

@@ -1,0 +1,65 @@
+"""Custom training code on the PyTorch backend, as Keras's guides write it (factories for tests/torch_child.py)."""
+import keras
+import torch
+from keras import layers, regularizers
+
+
+class PenalisedModel(keras.Model):
+    """Overrides compute_loss only: Keras's own train_step differentiates what it returns."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        energy = keras.ops.mean(keras.ops.square(y_pred))
+        return loss + 0.05 * energy
+
+
+def _net(cls, name, seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(4,), name="x")
+    h = layers.Dense(5, activation="tanh", kernel_regularizer=regularizers.L2(1e-2), name="hidden")(inputs)
+    out = layers.Dense(2, name="out")(h)
+    model = cls(inputs, out, name=name)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    return model
+
+
+def penalised():
+    return _net(PenalisedModel, "penalised", 4)
+
+
+class GuideStepModel(keras.Model):
+    """train_step as Keras's "Customizing what happens in fit() with PyTorch" guide writes it."""
+
+    def train_step(self, data):
+        x, y = data
+        y_pred = self(x, training=True)
+        self.zero_grad()
+        data_loss = self.compute_loss(y=y, y_pred=y_pred)
+        smooth = keras.ops.mean(keras.ops.square(y_pred))
+        loss = data_loss + 0.1 * smooth
+        loss.backward()
+        trainable_weights = [v for v in self.trainable_weights]
+        gradients = [v.value.grad for v in trainable_weights]
+        with torch.no_grad():
+            self.optimizer.apply(gradients, trainable_weights)
+        return {"loss": loss}
+
+
+def guide_step():
+    return _net(GuideStepModel, "guide_step", 5)
+
+
+def plain():
+    return _net(keras.Model, "plain", 6)
+
+
+def loop_step(model, x, y):
+    """A hand-written torch training step, as Keras's "training loop from scratch" guide writes it for torch."""
+    y_pred = model(x, training=True)
+    loss = keras.ops.mean(keras.ops.square(y - y_pred)) + sum(model.losses)
+    model.zero_grad()
+    loss.backward()
+    gradients = [v.value.grad for v in model.trainable_weights]
+    with torch.no_grad():
+        model.optimizer.apply(gradients, model.trainable_weights)
+    return loss
