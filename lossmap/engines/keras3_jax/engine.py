@@ -51,6 +51,9 @@ class Keras3JaxEngine(Keras3Engine):
 
         return citations.facts(self, model, sig)
 
+    def custom_code_refusal(self, model, step_fn):
+        return _steps.refusal(model, step_fn)
+
     # ------------------------------------------------------------ the stages
     def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
         return _capture.capture(self, model, batch, sig, keep_tape)

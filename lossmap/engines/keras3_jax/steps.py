@@ -35,6 +35,27 @@ def overrides(model) -> dict:
     }
 
 
+def refusal(model, step_fn):
+    """Why custom training code is not explained on JAX, in one line (`Engine.custom_code_refusal`).
+
+    lossmap.steps follows a step's loss to the `tape.gradient` call that differentiates it and
+    takes each addend's gradient on that tape; on JAX the loss is differentiated inside
+    `jax.value_and_grad` (Keras's own train_step calls it around `compute_loss`), which has no
+    tape to record on and runs the function it differentiates with tracers.
+    """
+    found = overrides(model)
+    cls = type(model).__name__
+    if step_fn is not None:
+        what = f"the training step {getattr(step_fn, 'spec', None) or 'given with --step'}"
+    elif found["train_step"] is not None:
+        what = f"{cls} overrides train_step(state, data)"
+    else:
+        what = f"{cls} overrides compute_loss"
+    return (f"lossmap does not explain custom training code on the JAX backend yet ({what}): it follows a "
+            "loss to a GradientTape, and JAX differentiates it inside jax.value_and_grad; run it with "
+            "KERAS_BACKEND=tensorflow, or check the model without the override")
+
+
 def dense_gradient(g):
     return None if g is None else np.array(g)
 
