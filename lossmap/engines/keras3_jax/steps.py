@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lossmap.engines.keras3 import steps as _keras3_steps
 from lossmap.engines.keras3.steps import (  # noqa: F401  (the engine reads them from this module)
     Expansion,
     additional_for,
@@ -24,15 +25,10 @@ from lossmap.engines.keras3.steps import (  # noqa: F401  (the engine reads them
 
 
 def overrides(model) -> dict:
-    """{"train_step": function or None, "compute_loss": function or None}: the user's overrides."""
+    """{"train_step": function or None, "compute_loss": function or None}: against `JAXTrainer`."""
     from keras.src.backend.jax.trainer import JAXTrainer
-    from keras.src.trainers.trainer import Trainer
 
-    cls = type(model)
-    return {
-        "train_step": cls.train_step if cls.train_step is not JAXTrainer.train_step else None,
-        "compute_loss": cls.compute_loss if cls.compute_loss is not Trainer.compute_loss else None,
-    }
+    return _keras3_steps.overrides(model, JAXTrainer)
 
 
 def refusal(model, step_fn):
