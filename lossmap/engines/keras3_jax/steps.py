@@ -7,6 +7,8 @@ dense.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from lossmap.engines.keras3 import steps as _keras3_steps
@@ -44,7 +46,7 @@ def refusal(model, step_fn):
     if step_fn is not None:
         what = f"the training step {getattr(step_fn, 'spec', None) or 'given with --step'}"
     elif found["train_step"] is not None:
-        what = f"{cls} overrides train_step(state, data)"
+        what = f"{cls} overrides train_step({', '.join(list(inspect.signature(found['train_step']).parameters)[1:])})"
     else:
         what = f"{cls} overrides compute_loss"
     return (f"lossmap does not explain custom training code on the JAX backend yet ({what}): it follows a "
