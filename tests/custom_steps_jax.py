@@ -1,7 +1,7 @@
-"""Custom training code on the JAX backend (a factory per model, for `lossmap check FILE.py:FUNCTION`).
+"""Custom training code written for the JAX backend (a factory, for `lossmap check FILE.py:FUNCTION`).
 
-`penalised`: a `compute_loss` override (Keras's backend-agnostic API: the JAX train_step
-differentiates what it returns). `stateless_step`: a `train_step(self, state, data)` override as
+(A `compute_loss` override is backend-agnostic Keras API: tests/custom_steps.py's `penalised` serves
+on JAX too.) `stateless_step`: a `train_step(self, state, data)` override as
 Keras's "customizing fit() with JAX" guide writes it: `jax.value_and_grad` of a method that runs
 `stateless_call` and `compute_loss`, then `optimizer.stateless_apply` and the metrics' stateless
 updates, returning the new state.
@@ -12,29 +12,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax  # noqa: E402
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from keras import layers, regularizers  # noqa: E402
 
 from lossmap.examples import same_weights  # noqa: E402
-
-
-class PenalisedModel(keras.Model):
-    """Overrides compute_loss only: Keras's own (JAX) train_step differentiates what it returns."""
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
-        energy = keras.ops.mean(keras.ops.square(y_pred))
-        return loss + 0.05 * energy
-
-
-def penalised():
-    same_weights(4)
-    inputs = keras.Input(shape=(4,), name="x")
-    h = layers.Dense(5, activation="tanh", kernel_regularizer=regularizers.L2(1e-2), name="hidden")(inputs)
-    out = layers.Dense(2, name="out")(h)
-    model = PenalisedModel(inputs, out, name="penalised")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    return model
 
 
 class StatelessStepModel(keras.Model):
@@ -78,7 +58,3 @@ def stateless_step():
     model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
     return model
 
-
-def batch(n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, 4)).astype("float32"), rng.standard_normal((n, 2)).astype("float32")

@@ -161,9 +161,9 @@ def analyses(out_dir):
                                   "compute_loss": s.total.compute_loss, "findings": [f.code for f in s.findings]}
 
     # custom training code: refused in one line
-    steps = os.path.join(HERE, "custom_steps_jax.py")
-    res["custom"] = {name: dict(zip(("code", "stdout", "stderr"), cli("check", f"{steps}:{name}")))
-                     for name in ("penalised", "stateless_step")}
+    res["custom"] = {name: dict(zip(("code", "stdout", "stderr"), cli("check", os.path.join(HERE, spec))))
+                     for name, spec in (("penalised", "custom_steps.py:penalised"),
+                                        ("stateless_step", "custom_steps_jax.py:stateless_step"))}
     return res
 
 
