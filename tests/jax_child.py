@@ -158,7 +158,8 @@ def analyses(out_dir):
 
         s = lossmap.analyse(sat, (np.ones((4, 2), "float32"), np.array(labels, "float32")))
         res["saturated"][loss] = {"verified": s.total.verified, "value": s.terms[0].value,
-                                  "compute_loss": s.total.compute_loss, "findings": [f.code for f in s.findings]}
+                                  "compute_loss": s.total.compute_loss, "findings": [f.code for f in s.findings],
+                                  "messages": {f.code: f.message for f in s.findings}}
 
     # custom training code: refused in one line
     res["custom"] = {name: dict(zip(("code", "stdout", "stderr"), cli("check", os.path.join(HERE, spec))))

@@ -107,6 +107,9 @@ def test_a_saturated_softmax_is_clipped_as_the_jax_backend_does(analyses):
         assert run["verified"], loss
         assert math.isclose(run["value"], -math.log(1e-7), rel_tol=1e-5), (loss, run)
         assert "DEAD_TERM" in run["findings"], loss  # the clip stops its gradient
+        clipped = run["messages"]["CROSSENTROPY_CLIPPED"]  # the backend difference, told with its line
+        assert "4 of 4 samples are at the clip" in clipped and "keras/src/backend/jax/nn.py:" in clipped, clipped
+    assert "CROSSENTROPY_CLIPPED" not in {f["code"] for f in analyses["check_multitask"]["json"]["findings"]}
 
 
 # ---------------------------------------------------------------- the walkthrough
