@@ -20,14 +20,28 @@ from lossmap.engines.keras3.capture import term_targets
 
 def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
     """The loss the model's real `train_step` logs, and (`record_gradient`) the gradient it applied."""
-    xs, ys, sw = engine.pack_batch(model, sig, batch)
+    prepared = prepare_step(engine, model, batch, sig)
+    if isinstance(prepared, Verification):
+        return prepared
+    data, notes, swapped = prepared
+    recorder = (lambda m: _GradientRecorder(m.optimizer, m)) if record_gradient else None
+    return run_train_step(model, data, notes, swapped, recorder=recorder)
+
+
+def prepare_step(engine, model, batch: Batch, sig: Signature, build: bool = False):
+    """(the batch as (x, y, sample_weight), notes, the user's optimizer when a fresh copy was swapped in)
+    for `run_train_step`; a `Verification` saying so when the model has no optimizer. `build`: build the
+    fresh copy (a stateless step takes its variables as they are)."""
     notes = []
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return no_optimizer(notes)
-    swapped = swap_in_fresh_optimizer(model, optimizer, notes) if not optimizer.built else None
-    recorder = (lambda m: _GradientRecorder(m.optimizer, m)) if record_gradient else None
-    return run_train_step(model, (xs, ys, sw), notes, swapped, recorder=recorder)
+    swapped = None
+    if not optimizer.built:
+        swapped = swap_in_fresh_optimizer(model, optimizer, notes)
+        if build:
+            model.optimizer.build(model.trainable_variables)
+    return engine.pack_batch(model, sig, batch), notes, swapped
 
 
 class _GradientRecorder:

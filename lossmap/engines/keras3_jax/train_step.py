@@ -17,24 +17,19 @@ from typing import Optional
 import numpy as np
 
 from lossmap.engines.base import Batch, Capture, Signature, Verification
-from lossmap.engines.common.train_step import no_optimizer, run_train_step, swap_in_fresh_optimizer
+from lossmap.engines.common.train_step import run_train_step
 from lossmap.engines.keras3 import train_step as _keras3
 from lossmap.engines.keras3_jax.capture import term_function
 
 
 def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
     """The loss the model's real stateless `train_step` logs, and (`record_gradient`) the gradient it applied."""
-    xs, ys, sw = engine.pack_batch(model, sig, batch)
-    notes = []
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return no_optimizer(notes)
-    swapped = None
-    if not optimizer.built:
-        swapped = swap_in_fresh_optimizer(model, optimizer, notes)
-        model.optimizer.build(model.trainable_variables)
+    prepared = _keras3.prepare_step(engine, model, batch, sig, build=True)
+    if isinstance(prepared, Verification):
+        return prepared
+    data, notes, swapped = prepared
     recorder = lambda m: _CompiledApply(m.optimizer, m, record_gradient)  # noqa: E731
-    verification = run_train_step(model, (xs, ys, sw), notes, swapped, recorder=recorder, step=stateless_train_step)
+    verification = run_train_step(model, data, notes, swapped, recorder=recorder, step=stateless_train_step)
     verification.path = "stateless train_step(state, data), eager"
     return verification
 
