@@ -90,8 +90,11 @@ def import_tensorflow():
 
 
 def import_backend():
-    """`import_tensorflow` where Keras runs on TensorFlow; nothing on another backend (its users' code
-    imports what it needs, and TensorFlow would cost seconds for nothing)."""
+    """Before user code runs: TensorFlow imported quietly when Keras runs on it (`import_tensorflow`);
+    on another backend (JAX) nothing is imported, only the quiet environment set."""
     from lossmap.engines import keras_backend
 
-    return import_tensorflow() if keras_backend() == "tensorflow" else None
+    if keras_backend() == "tensorflow":
+        return import_tensorflow()
+    quiet_environment()
+    return None

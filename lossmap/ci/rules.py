@@ -250,6 +250,12 @@ ROWS = (
      "a crossentropy on a softmax/sigmoid output is computed by Keras from the logits, not from the clipped "
      "probabilities the documentation describes",
      "Nothing to do; this is why a hand computation from the probabilities differs slightly."),
+    ("CROSSENTROPY_CLIPPED", "warning",
+     "Crossentropy from clipped probabilities (JAX)",
+     "on the JAX backend a crossentropy on a softmax/sigmoid output is computed from the probabilities "
+     "clipped to [epsilon, 1 - epsilon], and samples of the batch are at the clip (loss capped, no gradient)",
+     "Output the logits (activation=None) and compile the loss with from_logits=True: the same loss on "
+     "every backend."),
     ("OPAQUE_TERM", "info",
      "A user-defined loss or regularizer", "a user-defined loss or regularizer was called as it is",
      "lossmap verifies the sum but cannot recompute this term independently."),

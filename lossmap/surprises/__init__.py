@@ -4,7 +4,8 @@ the number it changes for this model on this batch, and what to write instead.
 lossmap reproduces these behaviours exactly; these findings say so. One check per behaviour, a
 small named function `check_<name>(ctx)` yielding `Finding`s, in `CHECKS` (the order of the
 findings): `compiled.py` holds those about what `compile()` and the batch say, `training.py`
-those about how the loss is trained on (replicas, loss scaling). Each cites a statement of an
+those about how the loss is trained on (replicas, loss scaling), `backends.py` those of one
+backend's own arithmetic. Each cites a statement of an
 engine's `citations.py`, found in the installed source by structure (`lossmap.engine_diff.cite`),
 and computes its numbers with the engine's NumPy rules from the captured tensors. What a check
 needs from the live model comes from `Engine.engine_facts`; this package never calls Keras.
@@ -13,7 +14,7 @@ needs from the live model comes from `Engine.engine_facts`; this package never c
 """
 from __future__ import annotations
 
-from lossmap.surprises import compiled, training
+from lossmap.surprises import backends, compiled, training
 from lossmap.surprises.common import Context
 
 CHECKS = (
@@ -24,6 +25,7 @@ CHECKS = (
     training.check_replicas,
     compiled.check_regularizer_gaps,
     compiled.check_sample_weight_dilution,
+    backends.check_crossentropy_clipped,
 )
 
 

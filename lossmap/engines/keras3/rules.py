@@ -179,7 +179,8 @@ def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps, rules=None)
     (default: this backend's; another backend's rules reuse the rank alignment).
 
     Returns (values, out_mask); out_mask is what the function attaches to its
-    result (only sparse crossentropy with ignore_class does).
+    result (only sparse crossentropy with ignore_class does). `rules`: the backend's
+    `Keras3Rules` (default: TensorFlow's).
     """
     kw = dict(kwargs)
     # LossFunctionWrapper.call squeezes or expands first.

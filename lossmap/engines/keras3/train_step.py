@@ -22,15 +22,29 @@ def verify_train_step(engine, model, batch: Batch, sig: Signature, record_gradie
                       recorder_class=None) -> Verification:
     """The loss the model's real `train_step` logs, and (`record_gradient`) the gradient it applied, as
     `recorder_class` (default `_GradientRecorder`; another backend's step hands it over otherwise) keeps it."""
-    xs, ys, sw = engine.pack_batch(model, sig, batch)
+    prepared = prepare_step(engine, model, batch, sig)
+    if isinstance(prepared, Verification):
+        return prepared
+    data, notes, swapped = prepared
+    recorder_class = recorder_class or _GradientRecorder
+    recorder = (lambda m: recorder_class(m.optimizer, m)) if record_gradient else None
+    return run_train_step(model, data, notes, swapped, recorder=recorder)
+
+
+def prepare_step(engine, model, batch: Batch, sig: Signature, build: bool = False):
+    """(the batch as (x, y, sample_weight), notes, the user's optimizer when a fresh copy was swapped in)
+    for `run_train_step`; a `Verification` saying so when the model has no optimizer. `build`: build the
+    fresh copy (a stateless step takes its variables as they are)."""
     notes = []
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return no_optimizer(notes)
-    swapped = swap_in_fresh_optimizer(model, optimizer, notes) if not optimizer.built else None
-    recorder_class = recorder_class or _GradientRecorder
-    recorder = (lambda m: recorder_class(m.optimizer, m)) if record_gradient else None
-    return run_train_step(model, (xs, ys, sw), notes, swapped, recorder=recorder)
+    swapped = None
+    if not optimizer.built:
+        swapped = swap_in_fresh_optimizer(model, optimizer, notes)
+        if build:
+            model.optimizer.build(model.trainable_variables)
+    return engine.pack_batch(model, sig, batch), notes, swapped
 
 
 class _GradientRecorder:
@@ -174,7 +188,6 @@ class _Pending:
         taped forward pass when there is none), and each weight regularizer, variable by variable."""
         from lossmap import gradients as gmod
 
-        tf = self.engine.autodiff()
         acc = self.acc
         derived = None
         if self.later is not None:
@@ -185,8 +198,8 @@ class _Pending:
                 self.notes.append(f"{unit.label}'s gradient is the gradient the real train_step applied minus "
                                   "every other term's (one backward pass saved)")
             else:
-                acc.add_shared(unit, _fresh_gradient(tf, self.engine, self.model, self.batch, self.sig, members))
-        regs = _regularizer_gradients(tf, self.engine.keras.ops, self.local)
+                acc.add_shared(unit, self.fresh_gradient(members))
+        regs = self.regularizer_gradients()
         nxt = next(regs, None)
         for path in acc.variables:
             local = []
@@ -198,6 +211,15 @@ class _Pending:
             if streamed or local:
                 acc.add_variable(path, streamed=streamed, local=local)
         return acc, self.notes
+
+    def fresh_gradient(self, members) -> dict:
+        """{path: gradient} of the terms at `members`, from a forward pass of its own."""
+        return _fresh_gradient(self.engine.autodiff(), self.engine, self.model, self.batch, self.sig, members)
+
+    def regularizer_gradients(self):
+        """(unit, variable path, gradient) of each weight regularizer in `self.local`, in model order."""
+        tf, ops = self.engine.autodiff(), self.engine.keras.ops
+        return regularizer_gradients(self.local, lambda batch: _regularizer_batch(tf, ops, batch))
 
 
 def _fresh_gradient(tf, engine, model, batch, sig, members) -> dict:
@@ -213,21 +235,21 @@ def _fresh_gradient(tf, engine, model, batch, sig, members) -> dict:
 REGULARIZER_BATCH = 4_000_000  # weights differentiated per regularizer pass (16 MB of float32)
 
 
-def _regularizer_gradients(tf, ops, local):
+def regularizer_gradients(local, gradients_of):
     """(unit, variable path, gradient) of each weight regularizer, in model order, from its own variable.
 
     A regularizer reaches only its own variable, so the gradient of a batch of them summed
-    separates exactly; batches bound what is held at once.
+    separates exactly (`gradients_of(batch)`, the backend's); batches bound what is held at once.
     """
     batch, size = [], 0
     for unit, v in local:
         batch.append((unit, v))
         size += int(np.prod(v.shape))
         if size >= REGULARIZER_BATCH:
-            yield from _regularizer_batch(tf, ops, batch)
+            yield from gradients_of(batch)
             batch, size = [], 0
     if batch:
-        yield from _regularizer_batch(tf, ops, batch)
+        yield from gradients_of(batch)
 
 
 def _regularizer_batch(tf, ops, batch):
