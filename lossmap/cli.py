@@ -9,6 +9,7 @@ import os
 import sys
 
 from lossmap import __version__
+from lossmap.engines import BACKENDS
 from lossmap.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, UserError
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +66,10 @@ def _common_options(many: bool = False) -> argparse.ArgumentParser:
                    help="the Keras that explains the model (default auto: the model's own class, the file's "
                         "keras_version, .h5 means tf_keras, else TF_USE_LEGACY_KERAS=1); tf_keras needs "
                         "pip install tf_keras")
+    g.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="the Keras 3 backend to run on (default: KERAS_BACKEND, else the backend of "
+                        "~/.keras/keras.json, else tensorflow); another backend than this process's runs the "
+                        "command in a child process with KERAS_BACKEND set (same output and exit code)")
     g.add_argument("--no-gradients", action="store_true", help="skip per-term gradient attribution")
     g.add_argument("--gradient-limit", type=_positive_int, default=None, metavar="N",
                    help="trunk-sharing terms that get a backward pass each before terms are grouped (default 8)")
@@ -157,12 +162,34 @@ def main(argv=None) -> int:
         print(f"lossmap: the following arguments are required: MODEL, --step or --example (see lossmap "
               f"{args.command} --help)", file=sys.stderr)
         return EXIT_USAGE
+    if args.backend is not None:
+        delegated = _on_backend(args)
+        if delegated is not None:
+            return delegated
     try:
         return _run(args)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - a UserError is exit 2, anything else lossmap's own failure
         return report_error(exc, args.debug)[0]
+
+
+def _on_backend(args):
+    """`--backend B`: None to run here (this process is on B, or will be); else the exit code of the
+    command run in a child process on B, or 2 with one line when it cannot run there."""
+    from lossmap import backends
+
+    line = backends.usage_error(args.engine, args.backend)
+    if line is None and args.backend != backends.current():
+        line = backends.missing(args.backend)
+    if line is not None:
+        print(f"lossmap: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.backend == backends.current():
+        if "keras.src.backend.config" not in sys.modules:  # keras.json may say B while the variable is unset
+            os.environ["KERAS_BACKEND"] = args.backend
+        return None
+    return backends.run_command(args.argv, args.backend)
 
 
 def report_error(exc, debug: bool):
