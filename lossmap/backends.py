@@ -66,29 +66,28 @@ def command(argv) -> list:
 
 
 def run_child(argv, backend: str, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL):
-    """Run lossmap with `argv` on `backend` and wait for it; returns the `subprocess.Popen` (its
-    `returncode` set). Ctrl-C: a terminal sends SIGINT to the whole process group, so the child has
-    it already; when only this process got it (kill -INT), it is passed on. Either way the child
-    restores its model and exits 130, and that is waited for."""
+    """Run lossmap with `argv` on `backend` and wait for it; returns (returncode, stdout, stderr), the
+    streams as bytes when they were `subprocess.PIPE`, else None. Ctrl-C: a terminal sends SIGINT to the
+    whole process group, so the child has it already; when only this process got it (kill -INT), it is
+    passed on. Either way the child restores its model and exits 130, and that is waited for; a second
+    Ctrl-C kills it."""
     proc = subprocess.Popen(command(argv), env=child_env(backend), stdin=stdin, stdout=stdout, stderr=stderr)
     try:
-        proc.wait()
+        out, err = proc.communicate()
     except KeyboardInterrupt:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-        while True:
-            try:
-                proc.wait()
-                break
-            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
-                proc.kill()
-    return proc
+        try:
+            out, err = proc.communicate()
+        except KeyboardInterrupt:
+            proc.kill()
+            out, err = proc.communicate()
+    return proc.returncode, out, err
 
 
 def run_command(argv, backend: str) -> int:
     """`lossmap ... --backend B` from a process on another backend: the child's exit code."""
-    proc = run_child(argv, backend, stdin=None)
-    code = proc.returncode
+    code = run_child(argv, backend, stdin=None)[0]
     if code < 0:  # killed by a signal: as a shell reports it
         return 128 - code
     return code
