@@ -27,7 +27,7 @@ from lossmap import guards, limits
 from lossmap.batch import npz_headers
 from lossmap.engines import engine_of, make_engine
 from lossmap.errors import UserError
-from lossmap.quiet import import_tensorflow
+from lossmap.quiet import import_backend
 
 
 ENGINES = ("auto", "keras3", "tf_keras")
@@ -370,7 +370,7 @@ def load(model, *, imports=(), unsafe=False, engine="auto", keras_module=None) -
         return Loaded(model, eng, f"<live model {model.name}>", None, owned=False, engine_reason=eng.reason)
     spec = os.fspath(model)
     if imports or (not os.path.exists(spec) and is_factory_spec(spec)):
-        import_tensorflow()  # before user code, which imports it too: TensorFlow talks on fd 2 at import
+        import_backend()  # before user code, which imports it too: TensorFlow talks on fd 2 at import
     import_modules(imports)
     if not os.path.exists(spec) and is_factory_spec(spec):
         built = _call_factory(spec, keras_module)

@@ -172,10 +172,10 @@ class _SeededRuns:
 def _step_function(step, imports):
     """`FILE.py:FUNCTION`, `package.module:FUNCTION` or a function, as `lossmap.steps.locate.StepFunction`."""
     from lossmap.load import import_file_or_module
-    from lossmap.quiet import import_tensorflow
+    from lossmap.quiet import import_backend
     from lossmap.steps import locate
 
-    import_tensorflow()  # the step's module imports it: quietly first
+    import_backend()  # the step's module imports it: quietly first
     if isinstance(step, str):
         return locate.resolve(step, lambda where: import_file_or_module(where, imports))
     return locate.describe(step, getattr(step, "__qualname__", repr(step)))

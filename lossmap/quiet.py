@@ -87,3 +87,14 @@ def import_tensorflow():
     with native_stderr_filtered():
         import tensorflow
     return tensorflow
+
+
+def import_backend():
+    """Before user code runs: TensorFlow imported quietly when Keras runs on it (`import_tensorflow`);
+    on another backend (JAX) nothing is imported, only the quiet environment set."""
+    from lossmap.engines import keras_backend
+
+    if keras_backend() == "tensorflow":
+        return import_tensorflow()
+    quiet_environment()
+    return None

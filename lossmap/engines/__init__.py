@@ -23,6 +23,7 @@ DEFAULT = "keras3"  # what a model that does not say is explained with
 BACKENDS = ("tensorflow", "jax", "torch")  # Keras 3's backends lossmap explains
 _CLASSES = {
     ("keras3", "tensorflow"): ("lossmap.engines.keras3", "Keras3Engine"),
+    ("keras3", "jax"): ("lossmap.engines.keras3_jax", "Keras3JaxEngine"),
     ("tf_keras", "tensorflow"): ("lossmap.engines.tf_keras", "TfKerasEngine"),
 }
 

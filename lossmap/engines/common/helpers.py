@@ -234,11 +234,14 @@ def weights_mismatch(text):
 
 
 def shared_facts(engine, sig) -> dict:
-    """The part of `Engine.engine_facts` every engine fills the same way."""
-    import tensorflow as tf
+    """The part of `Engine.engine_facts` every engine fills the same way (one replica off TensorFlow)."""
+    replicas = 1
+    if engine.backend_name == "tensorflow":
+        import tensorflow as tf
 
+        replicas = int(tf.distribute.get_strategy().num_replicas_in_sync)
     return {"engine": engine.name, "outputs": len(sig.outputs), "output_names": [o.name for o in sig.outputs],
-            "replicas": int(tf.distribute.get_strategy().num_replicas_in_sync)}
+            "replicas": replicas}
 
 
 # Layers whose output differs between training and inference (Keras's own classes).

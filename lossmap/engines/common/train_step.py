@@ -24,11 +24,12 @@ def swap_in_fresh_optimizer(model, optimizer, notes):
     return optimizer
 
 
-def run_train_step(model, data, notes, swapped=None, recorder=None) -> Verification:
+def run_train_step(model, data, notes, swapped=None, recorder=None, step=None) -> Verification:
     """`model.train_step(data)` and the 'loss' it logs; then the user's optimizer (`swapped`) is put back.
 
     `recorder(model)`: a context manager around the step whose `.gradient` becomes
-    `Verification.total_gradient`.
+    `Verification.total_gradient`. `step(model, data)`: how the backend calls its train_step
+    and gets the logs (default: `model.train_step(data)`).
     """
     try:
         # The logged 'loss' is a running Mean (over the epoch, after fit()): from zero it is this
@@ -37,7 +38,7 @@ def run_train_step(model, data, notes, swapped=None, recorder=None) -> Verificat
             metric.reset_state()
         applied = recorder(model) if recorder is not None else None
         with applied if applied is not None else contextlib.nullcontext():
-            logs = model.train_step(data)
+            logs = step(model, data) if step is not None else model.train_step(data)
         loss = logs.get("loss") if isinstance(logs, dict) else None
         if loss is None:
             return Verification(None, "train_step returned no 'loss' in its logs", "eager", notes, True)

@@ -88,10 +88,8 @@ class Keras3Engine(KerasEngine):
 
     def model_info(self, model, source, saved_with):
         from lossmap.analysis import ModelInfo
-        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
-        from keras.src.trainers.trainer import Trainer
 
-        cls = type(model)
+        overridden = self.steps_module.overrides(model)  # against this backend's trainer
         return ModelInfo(
             source=source,
             name=model.name,
@@ -100,8 +98,8 @@ class Keras3Engine(KerasEngine):
             backend=self.backend(),
             saved_with=saved_with,
             compiled=bool(getattr(model, "compiled", False)),
-            custom_train_step=cls.train_step is not TensorFlowTrainer.train_step,
-            custom_compute_loss=cls.compute_loss is not Trainer.compute_loss,
+            custom_train_step=overridden["train_step"] is not None,
+            custom_compute_loss=overridden["compute_loss"] is not None,
         )
 
     # ------------------------------------------------------------ signature

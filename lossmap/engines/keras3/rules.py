@@ -120,7 +120,7 @@ def _binary_focal_crossentropy(r, y_true, y_pred, logits, kw, dtype, eps):
     if kw.get("from_logits", False):
         lg = y_pred  # ops.sigmoid attaches its logits, so the bce below uses them
         p = sigmoid(y_pred)
-    bce = backend_binary_crossentropy(t, p, lg, False, dtype, eps)
+    bce = r.backend_binary_crossentropy(t, p, lg, False, dtype, eps)
     p_t = t * p + (1 - t) * (1 - p)
     focal = np.power(1.0 - p_t, float(kw.get("gamma", 2.0))) * bce
     if kw.get("apply_class_balancing", False):
@@ -153,7 +153,7 @@ def _sparse_categorical_crossentropy(r, y_true, y_pred, logits, kw, dtype, eps):
         if logits is not None:
             # ops.where makes a new tensor: the softmax's logits are no longer attached.
             logits = None
-    res = backend_sparse_categorical_crossentropy(y_true, y_pred, logits, bool(kw.get("from_logits", False)), dtype, eps)
+    res = r.backend_sparse_categorical_crossentropy(y_true, y_pred, logits, bool(kw.get("from_logits", False)), dtype, eps)
     if valid is not None:
         res = np.where(valid, res, 0.0)
     return res, valid
@@ -173,11 +173,12 @@ _SQUEEZED_AGAIN = frozenset({"mean_squared_error", "mean_absolute_error", "mean_
                              "mean_squared_logarithmic_error", "cosine_similarity", "huber", "log_cosh"})
 
 
-def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps):
+def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps, rules=None):
     """Per-sample values of Keras's built-in loss function `fn` (a name).
 
     Returns (values, out_mask); out_mask is what the function attaches to its
-    result (only sparse crossentropy with ignore_class does).
+    result (only sparse crossentropy with ignore_class does). `rules`: the backend's
+    `Keras3Rules` (default: TensorFlow's).
     """
     kw = dict(kwargs)
     # LossFunctionWrapper.call squeezes or expands first.
@@ -186,7 +187,7 @@ def elementwise_loss(fn, y_true, y_pred, logits, kwargs, dtype, eps):
         logits = None
     if fn in _SQUEEZED_AGAIN:
         y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
-    return LOSSES[fn](KERAS3, y_true, y_pred, logits, kw, dtype, eps)
+    return LOSSES[fn](rules or KERAS3, y_true, y_pred, logits, kw, dtype, eps)
 
 
 def regularizer_value(cls_name, config, x):
@@ -204,6 +205,7 @@ class Keras3Rules(common.Rules):
     reduce_weighted = staticmethod(reduce_weighted_values)
     l2_normalize = staticmethod(l2_normalize)
     backend_binary_crossentropy = staticmethod(backend_binary_crossentropy)
+    backend_sparse_categorical_crossentropy = staticmethod(backend_sparse_categorical_crossentropy)
 
     def aggregate_additional(self, raw):
         """(value, step) of one entry of `model.losses`: `Trainer._aggregate_additional_loss` sums it."""

@@ -158,7 +158,6 @@ class _Pending:
     def finish(self, total_gradient: Optional[dict] = None):
         """(Accumulator, notes): the derived unit from `total_gradient` (or a backward pass of a new
         taped forward pass when there is none), and each weight regularizer, variable by variable."""
-        import tensorflow as tf
         from lossmap import gradients as gmod
 
         acc = self.acc
@@ -171,8 +170,8 @@ class _Pending:
                 self.notes.append(f"{unit.label}'s gradient is the gradient the real train_step applied minus "
                                   "every other term's (one backward pass saved)")
             else:
-                acc.add_shared(unit, _fresh_gradient(tf, self.engine, self.model, self.batch, self.sig, members))
-        regs = _regularizer_gradients(tf, self.engine.keras.ops, self.local)
+                acc.add_shared(unit, self.fresh_gradient(members))
+        regs = self.regularizer_gradients()
         nxt = next(regs, None)
         for path in acc.variables:
             local = []
@@ -184,6 +183,19 @@ class _Pending:
             if streamed or local:
                 acc.add_variable(path, streamed=streamed, local=local)
         return acc, self.notes
+
+    def fresh_gradient(self, members) -> dict:
+        """{path: gradient} of the terms at `members`, from a forward pass of its own."""
+        import tensorflow as tf
+
+        return _fresh_gradient(tf, self.engine, self.model, self.batch, self.sig, members)
+
+    def regularizer_gradients(self):
+        """(unit, variable path, gradient) of each weight regularizer in `self.local`, in model order."""
+        import tensorflow as tf
+
+        ops = self.engine.keras.ops
+        return regularizer_gradients(self.local, lambda batch: _regularizer_batch(tf, ops, batch))
 
 
 def _fresh_gradient(tf, engine, model, batch, sig, members) -> dict:
@@ -199,21 +211,21 @@ def _fresh_gradient(tf, engine, model, batch, sig, members) -> dict:
 REGULARIZER_BATCH = 4_000_000  # weights differentiated per regularizer pass (16 MB of float32)
 
 
-def _regularizer_gradients(tf, ops, local):
+def regularizer_gradients(local, gradients_of):
     """(unit, variable path, gradient) of each weight regularizer, in model order, from its own variable.
 
     A regularizer reaches only its own variable, so the gradient of a batch of them summed
-    separates exactly; batches bound what is held at once.
+    separates exactly (`gradients_of(batch)`, the backend's); batches bound what is held at once.
     """
     batch, size = [], 0
     for unit, v in local:
         batch.append((unit, v))
         size += int(np.prod(v.shape))
         if size >= REGULARIZER_BATCH:
-            yield from _regularizer_batch(tf, ops, batch)
+            yield from gradients_of(batch)
             batch, size = [], 0
     if batch:
-        yield from _regularizer_batch(tf, ops, batch)
+        yield from gradients_of(batch)
 
 
 def _regularizer_batch(tf, ops, batch):
