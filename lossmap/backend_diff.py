@@ -31,7 +31,8 @@ LABEL = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
 ACTIVATION = {"categorical_crossentropy": "softmax", "sparse_categorical_crossentropy": "softmax",
               "binary_crossentropy": "sigmoid"}
-UNEXPLAINED = "BACKEND_DIFF_UNEXPLAINED"
+UNEXPLAINED = "BACKEND_DIFF_UNEXPLAINED"  # terms that differ and no check explains
+RANDOM_LAYERS = "BACKEND_DIFF_RANDOM_LAYERS"  # the same, in a model with random layers (Dropout, noise)
 
 
 def nn_module(backend: str) -> str:
@@ -97,11 +98,24 @@ def _clip_cite(backend: str, fn: str) -> dict:
 class Comparison:
     """The documents side by side: `docs` backend -> the JSON document of that backend's run."""
 
-    def __init__(self, docs: dict, rows: list, epsilon: float, random_layers=()):
+    def __init__(self, docs: dict, rows: list, epsilon: float, random_layers=(), arithmetic=None, tol=(1e-5, 1e-7)):
         self.docs = docs
         self.rows = rows
         self.epsilon = epsilon
         self.random_layers = list(random_layers)
+        # term id -> each backend's arithmetic on the same outputs (lossmap.compare_backends)
+        self.arithmetic = arithmetic or {}
+        self.rtol, self.atol = tol
+
+    def close(self, a, b) -> bool:
+        return abs(a - b) <= self.atol + self.rtol * max(abs(a), abs(b))
+
+    def arithmetic_differs(self, term_id):
+        """True/False: the backends' arithmetic on identical outputs differs beyond tolerance; None: unknown."""
+        values = list((self.arithmetic.get(term_id) or {}).get("values", {}).values())
+        if len(values) < 2:
+            return None
+        return any(not self.close(values[0], v) for v in values[1:])
 
     @property
     def backends(self):
@@ -140,7 +154,7 @@ def _diff_crossentropy_logits(cmp: Comparison) -> list:
         with_logits = [b for b in cmp.backends if cmp.finding(b, "CROSSENTROPY_FROM_LOGITS", row["id"])]
         on_logits = [b for b in cmp.backends if reads_cached_logits(b)]
         clipping = [b for b in cmp.backends if reads_cached_logits(b) is False]
-        if not (with_logits and clipping):
+        if not (with_logits and clipping) or cmp.arithmetic_differs(row["id"]) is False:
             continue
         fn, act = row["fn"], ACTIVATION[row["fn"]]
         cites = []
@@ -163,9 +177,17 @@ def _diff_crossentropy_logits(cmp: Comparison) -> list:
         msg = (f"{row['id']} is {fn} on a {act} output (from_logits=False): " + "; ".join(parts) + ". "
                f"Where the {act} saturates (a probability below {cmp.epsilon:g}) the clipped form counts at most "
                f"-log({cmp.epsilon:g}) = {cap:.4g} per entry, while the logits give the true value, and the "
-               f"gradient of a clipped entry is 0. On this batch: {_values(cmp, row)}. To train on the same "
-               f"number everywhere, give the output layer no activation and compile the loss with "
-               f"from_logits=True.")
+               f"gradient of a clipped entry is 0. On this batch: {_values(cmp, row)}.")
+        arith = cmp.arithmetic.get(row["id"])
+        if arith and len(arith["values"]) > 1:
+            same_outputs = ", ".join(f"{LABEL.get(b, b)} {_fmt(v)}" for b, v in arith["values"].items())
+            msg += (f" On identical outputs (this run's forward pass, {arith['outside']} of {arith['entries']} "
+                    f"probabilities outside [{cmp.epsilon:g}, 1 - {cmp.epsilon:g}]) the backends' arithmetic alone "
+                    f"gives {same_outputs}")
+            msg += (": the rest of the difference comes from the forward pass (random layers: "
+                    f"{', '.join(cmp.random_layers)})." if cmp.random_layers else ".")
+        msg += (" To train on the same number everywhere, give the output layer no activation and compile the "
+                "loss with from_logits=True.")
         out.append({"code": "BACKEND_DIFF_CROSSENTROPY_LOGITS", "level": "warning",
                     "title": f"{fn} on a {act} output", "term": row["id"], "message": msg, "cites": cites,
                     "backends": {b: ("from the cached logits" if b in on_logits else "from clipped probabilities")
@@ -184,11 +206,20 @@ def differences(cmp: Comparison) -> list:
     explained = {d["term"] for d in out}
     left = [r for r in cmp.differing() if r["id"] not in explained]
     if left:
-        why = ("lossmap has no explanation for these from the backends' sources")
+        why = "lossmap has no explanation for these from the backends' sources"  # no check claims them
         if cmp.random_layers:
-            why = (f"{', '.join(cmp.random_layers)} draw random numbers in training mode and each backend draws "
-                   "its own, so terms downstream of them differ by chance")
-        out.append({"code": UNEXPLAINED, "level": "warning", "title": "differences without a known cause",
+            why = (f"The model's random layers ({', '.join(cmp.random_layers)}) draw random numbers in training mode, "
+                   "and each backend draws its own, so terms downstream of them differ by chance")
+        notes = []
+        for r in left:
+            if cmp.arithmetic_differs(r["id"]) is False:
+                same = ", ".join(f"{LABEL.get(b, b)} {_fmt(v)}" for b, v in cmp.arithmetic[r["id"]]["values"].items())
+                notes.append(f"{r['id']}'s arithmetic agrees on identical outputs ({same})")
+        out.append({"code": RANDOM_LAYERS if cmp.random_layers else UNEXPLAINED,
+                    "level": "warning" if not cmp.random_layers else "info",
+                    "title": "differences from the forward pass" if cmp.random_layers else
+                    "differences without a known cause",
                     "term": left[0]["id"], "terms": [r["id"] for r in left], "cites": [],
-                    "message": "; ".join(f"{r['id']}: {_values(cmp, r)}" for r in left) + f". {why}."})
+                    "message": "; ".join(f"{r['id']}: {_values(cmp, r)}" for r in left) + f". {why}"
+                    + (f"; {'; '.join(notes)}" if notes else "") + "."})
     return out

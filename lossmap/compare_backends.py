@@ -64,10 +64,13 @@ def analyse_backends(spec, data=None, *, batch_size=8, seed=0, imports=(), unsaf
             np.savez(weights_path, **{f"w/{i}": w for i, w in enumerate(model.get_weights())})
         random_layers = [layer.name for layer in model._flatten_layers(include_self=False)
                          if getattr(layer, "seed_generator", None) is not None]
-        result = analyse(model, batch_path, seed=seed, engine=engine, rtol=rtol, atol=atol, **options)
+        captures = []
+        result = analyse(model, batch_path, seed=seed, engine=engine, rtol=rtol, atol=atol,
+                         on_capture=captures.append, **options)
         result.model.source, result.model.saved_with = spec, loaded.saved_with
         result.batch.source = "file" if data is not None else "synthetic"
         result.batch.seed = None if data is not None else seed
+        arithmetic = arithmetic_on_these_outputs(captures[0]) if captures else {}
         docs, skipped, failed = {}, [], []
         for b in BACKENDS:
             if b == here:
@@ -92,13 +95,45 @@ def analyse_backends(spec, data=None, *, batch_size=8, seed=0, imports=(), unsaf
     tol = (result.total.rtol, result.total.atol)
     result.backend_comparison = comparison(
         docs, here, tol, epsilon=float(keras.config.epsilon()), random_layers=random_layers, skipped=skipped,
-        failed=failed,
+        failed=failed, arithmetic=arithmetic,
         batch_note=(f"the same {result.batch.size}-sample batch on every backend, "
                     + (f"from {os.path.basename(os.fspath(data))}" if data is not None else
                        f"synthetic (seed {seed}) and written once to an .npz")),
         weights_note=("the factory's model built here; its weights copied into every other backend's model"
                       if factory else f"every backend loads the same weights from {os.path.basename(spec)}"))
     return result
+
+
+def arithmetic_on_these_outputs(capture) -> dict:
+    """{term id: {"values": {backend: value}, "outside": n, "entries": N}} for each compiled crossentropy:
+    what each backend's loss arithmetic (its engine's NumPy rules, `Engine.rules`) gives on the outputs,
+    labels and logits of this process's own forward pass. Identical inputs, so whatever differs here is
+    the arithmetic, not the forward pass or its random numbers. `outside`: entries of the outputs below
+    epsilon or above 1 - epsilon, where clipping changes a probability."""
+    from lossmap.engines import engine_class
+
+    out = {}
+    for c in getattr(capture, "compiled", None) or []:
+        if c.fn not in backend_diff.CROSSENTROPIES or c.fn_kwargs.get("from_logits"):
+            continue
+        values = {}
+        for b in BACKENDS:
+            if ("keras3", b) not in _CLASSES:
+                continue
+            try:
+                rules = engine_class("keras3", b).rules
+                elementwise, out_mask = rules.elementwise_loss(c.fn, c.y_true, c.y_pred, c.logits, c.fn_kwargs,
+                                                               c.dtype, capture.epsilon)
+                raw = rules.reduce_weighted(elementwise, c.sample_weight, out_mask if c.mask is None else c.mask,
+                                            c.reduction)
+                values[b] = float(np.mean(raw))
+            except Exception:  # noqa: BLE001 - a mirror that cannot say leaves the value out
+                continue
+        pred = np.asarray(c.y_pred, dtype=np.float64)
+        eps = float(capture.epsilon)
+        out[f"compiled/{c.name}"] = {"values": values, "outside": int(np.sum((pred < eps) | (pred > 1 - eps))),
+                                     "entries": int(pred.size), "logits": c.logits is not None}
+    return out
 
 
 def _write_batch(batch, path):
@@ -146,7 +181,7 @@ def _close(a, b, rtol, atol) -> bool:
 
 
 def comparison(docs: dict, primary: str, tol, *, epsilon=1e-7, random_layers=(), skipped=(), failed=(),
-               batch_note="", weights_note="") -> dict:
+               batch_note="", weights_note="", arithmetic=None) -> dict:
     """Plain data for the renderers: one row per term id (each backend's value, weight, contribution),
     the totals and verdicts per backend, and the differences beyond tolerance, explained."""
     rtol, atol = tol
@@ -183,7 +218,7 @@ def comparison(docs: dict, primary: str, tol, *, epsilon=1e-7, random_layers=(),
                      "errors": sum(1 for f in d["findings"] if f["level"] == "error")}
     reproduced = [totals[b]["reproduced"] for b in names]
     totals_same = all(_close(reproduced[0], r, rtol, atol) for r in reproduced[1:])
-    cmp = backend_diff.Comparison(docs, rows, epsilon, random_layers)
+    cmp = backend_diff.Comparison(docs, rows, epsilon, random_layers, arithmetic or {}, tol)
     return {"backends": names, "primary": primary, "rows": rows, "totals": totals, "totals_same": totals_same,
             "differences": backend_diff.differences(cmp) if len(names) > 1 else [],
             "skipped": list(skipped), "failed": list(failed), "rtol": rtol, "atol": atol,

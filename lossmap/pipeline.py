@@ -28,7 +28,7 @@ from lossmap.verify import compare, scalar, tolerances
 
 def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False, engine="auto",
             rtol=None, atol=None, gradients=True, gradient_limit=None, engine_diffs=None,
-            sources=True, step=None, weights=None) -> Analysis:
+            sources=True, step=None, weights=None, on_capture=None) -> Analysis:
     """Explain and verify the training loss of `model` (a path, a factory spec or a live model).
 
     The model is left exactly as it was: every variable the run touches is
@@ -42,6 +42,8 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
     without it (`lossmap.steps`).
     `weights`: an `.npz` of `model.get_weights()` to set on a model lossmap built itself (a factory's
     model on another backend, `lossmap.compare_backends`): the arrays in order, keys `w/<index>`.
+    `on_capture`: called with the compiled path's `Capture` (outputs, labels, logits) once it is taken
+    (`lossmap.compare_backends` computes each backend's loss arithmetic on the same outputs).
     """
     step_fn = _step_function(step, imports) if step is not None else None
     if model is None and step_fn is None:
@@ -60,7 +62,7 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
         custom, unread = _custom_code(eng, m, info, step_fn, data, options)
         if custom is not None:
             return custom
-    analysis = _compiled(eng, m, info, data, engine_diffs, **options)
+    analysis = _compiled(eng, m, info, data, engine_diffs, on_capture=on_capture, **options)
     if unread:
         for f in analysis.findings:
             if f.code in ("CUSTOM_TRAIN_STEP", "CUSTOM_COMPUTE_LOSS"):
@@ -96,7 +98,7 @@ def _custom_code(eng, m, info, step_fn, data, options):
 
 
 def _compiled(eng, m, info, data, engine_diffs, *, batch_size, seed, rtol, atol, gradients, gradient_limit,
-              sources) -> Analysis:
+              sources, on_capture=None) -> Analysis:
     """What compile() and model.losses define, captured, reproduced, verified and attributed.
 
     Memory decides the order: the backward passes that need the capture's taped forward
@@ -112,6 +114,8 @@ def _compiled(eng, m, info, data, engine_diffs, *, batch_size, seed, rtol, atol,
         # a custom train_step's applied gradient need not be these terms' sum: derive no term from it
         derive = info.compiled and not info.custom_train_step
         capture, terms, pending = _capture(runs, batch, sig, shapes, limit if gradients else None, derive)
+        if on_capture is not None:
+            on_capture(capture)
         wants = pending is not None and pending.wants_total_gradient
         verification = _verify(runs, batch, sig, wants) if info.compiled else None
         attribution = None

@@ -272,3 +272,18 @@ def test_saturated_difference_is_explained_from_real_backend_numbers(tmp_path):
     assert where[("tensorflow", "softmax")]["line"] == _true_line(
         os.path.join(keras_dir, "src/backend/tensorflow/nn.py"), "softmax", "output._keras_logits = logits")
     assert [r["id"] for r in cmp["rows"] if r["differs"]] == ["compiled/kind"]
+
+
+@needs("jax")
+def test_compare_backends_random_layers_are_not_blamed_on_the_arithmetic(tmp_path):
+    """The bundled multitask has Dropout: its terms differ between backends by the random numbers, and
+    its softmax crossentropy agrees on identical outputs, so no crossentropy difference is claimed."""
+    proc = lossmap(["report", "--example", "multitask", "--compare-backends", "--no-gradients", "-o",
+                    str(tmp_path / "m.html"), "--json", str(tmp_path / "m.json")], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    bc = json.loads((tmp_path / "m.json").read_text())["backend_comparison"]
+    codes = {d["code"] for d in bc["differences"]}
+    assert "BACKEND_DIFF_CROSSENTROPY_LOGITS" not in codes and "BACKEND_DIFF_RANDOM_LAYERS" in codes
+    (d,) = bc["differences"]
+    assert "drop" in d["message"] and "compiled/kind's arithmetic agrees on identical outputs" in d["message"]
+    assert all(bc["totals"][b]["verified"] for b in bc["backends"])
