@@ -15,6 +15,8 @@ import contextlib
 import logging
 import math
 import os
+import re
+import sys
 import warnings
 
 from lossmap import limits
@@ -63,10 +65,10 @@ class VariableBudget:
             raise UserError(self.over) from cause
 
     @contextlib.contextmanager
-    def watching(self, engine: str):
+    def watching(self, engine: str, backend: str = "tensorflow"):
         """Count every variable created in the body: TensorFlow variables that say their shape
-        (tf_keras), and Keras 3 variables before their initializer runs."""
-        import tensorflow as tf
+        (tf_keras), and Keras 3 variables before their initializer runs (on any `backend`; TensorFlow
+        is only imported for its own)."""
 
         def creator(next_creator, **kwargs):
             if kwargs.get("shape") is not None and kwargs.get("dtype") is not None:
@@ -89,7 +91,13 @@ class VariableBudget:
 
             cls._initialize_with_initializer = counted
         try:
-            with tf.variable_creator_scope(creator):
+            if backend == "tensorflow":
+                import tensorflow as tf
+
+                scope = tf.variable_creator_scope(creator)
+            else:
+                scope = contextlib.nullcontext()
+            with scope:
                 yield self
         finally:
             if original is not None:
@@ -115,9 +123,17 @@ def check_sample_size(model, path: str):
 
 
 def _dtype_size(dtype) -> int:
-    import tensorflow as tf
+    """Bytes per element of a Keras or TensorFlow dtype (TensorFlow's own answer once it is imported)."""
+    name = getattr(dtype, "name", dtype)
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"].as_dtype(name).size
+    import numpy as np
 
-    return tf.as_dtype(getattr(dtype, "name", dtype)).size
+    bits = re.search(r"(\d+)$", str(name))
+    try:
+        return np.dtype(str(name)).itemsize
+    except TypeError:  # bfloat16, float8_*: the width its name says
+        return int(bits.group(1)) // 8 if bits else 4
 
 
 # What Keras says on loading a model that was compiled but never trained (its optimizer was not

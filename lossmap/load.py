@@ -394,7 +394,7 @@ def load_archive(eng, path: str, meta: dict, safe_mode: bool = True):
     a file it then refuses is left to the one-line error.
     """
     budget = guards.VariableBudget(path, meta.get("weights_bytes"))
-    with guards.held_back(), budget.watching(eng.name):
+    with guards.held_back(), budget.watching(eng.name, eng.backend_name):
         try:
             model = eng.load_archive(path, safe_mode=safe_mode)
         except UserError as exc:
