@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lossmap",
         description="Explain, term by term, the loss Keras trains your model on, and verify it "
                     "against Keras's own compute_loss and a real train_step.",
-        epilog="Exit codes: 0 verified; 1 mismatch or finding at/above --fail-on; "
+        epilog="Every command takes --backend tensorflow|jax|torch (the Keras 3 backend; default KERAS_BACKEND, "
+               "else ~/.keras/keras.json, else tensorflow); report and explain take --compare-backends. "
+               "Exit codes: 0 verified; 1 mismatch or finding at/above --fail-on; "
                "2 could not analyse (bad input); 3 internal error.",
     )
     parser.add_argument("--version", action="version", version=f"lossmap {__version__}")
