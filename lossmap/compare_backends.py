@@ -34,74 +34,90 @@ def analyse_backends(spec, data=None, *, batch_size=8, seed=0, imports=(), unsaf
     `options` go to `lossmap.pipeline.analyse` for this backend's run (gradients, sources, ...); the
     other backends run without gradients (the comparison shows values and verdicts).
     """
-    from lossmap.load import load
     from lossmap.pipeline import analyse
 
-    if step is not None:
-        raise UserError("--compare-backends compares a MODEL (a .keras file or a factory); it does not take --step")
-    if engine == "tf_keras":
-        raise UserError("--compare-backends compares Keras 3's backends; tf_keras runs on TensorFlow only "
-                        "(use --compare-engines for tf_keras and Keras 3)")
     spec = os.fspath(spec)
-    here = backends.current()
-    loaded = load(spec, imports=imports, unsafe=unsafe, engine=engine)
-    eng, model = loaded.engine, loaded.model
-    if eng.name != "keras3":
-        raise UserError(f"--compare-backends compares Keras 3's backends, and {os.path.basename(spec)} is a "
-                        f"{eng.name} model (use --compare-engines for tf_keras and Keras 3)")
-    factory = not os.path.exists(spec)
+    loaded = _load(spec, step, imports, unsafe, engine)
+    model, factory = loaded.model, not os.path.exists(spec)
     with tempfile.TemporaryDirectory(prefix="lossmap-backends-") as tmp:
-        if data is None:
-            from lossmap import batch as batch_module
-
-            batch_path = os.path.join(tmp, "batch.npz")
-            _write_batch(batch_module.synthetic(eng.signature(model), batch_size, seed), batch_path)
-        else:
-            batch_path = os.fspath(data)
-        weights_path = None
-        if factory:
-            weights_path = os.path.join(tmp, "weights.npz")
-            np.savez(weights_path, **{f"w/{i}": w for i, w in enumerate(model.get_weights())})
-        random_layers = [layer.name for layer in model._flatten_layers(include_self=False)
-                         if getattr(layer, "seed_generator", None) is not None]
+        batch_path, weights_path = _shared_files(tmp, loaded, data, batch_size, seed, factory)
         captures = []
         result = analyse(model, batch_path, seed=seed, engine=engine, rtol=rtol, atol=atol,
                          on_capture=captures.append, **options)
         result.model.source, result.model.saved_with = spec, loaded.saved_with
         result.batch.source = "file" if data is not None else "synthetic"
         result.batch.seed = None if data is not None else seed
-        arithmetic = arithmetic_on_these_outputs(captures[0]) if captures else {}
-        docs, skipped, failed = {}, [], []
-        for b in BACKENDS:
-            if b == here:
-                docs[b] = result.to_dict()
-                continue
-            why = backends.missing(b) or (None if ("keras3", b) in _CLASSES else
-                                          f"lossmap has no engine for Keras 3 on the {b} backend yet")
-            if why:
-                skipped.append({"backend": b, "why": why})
-                continue
-            argv = _child_argv(spec, batch_path, weights_path, seed, imports, unsafe, rtol, atol)
-            code, out, err = backends.run_child(argv, b, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            if code == 130:
-                raise KeyboardInterrupt
-            doc = _document(code, out)
-            if doc is None:
-                failed.append({"backend": b, "exit_code": code, "error": _last_line(err)})
-            else:
-                docs[b] = doc
+        here = backends.current()
+        docs, skipped, failed = _run_others(
+            here, result, _child_argv(spec, batch_path, weights_path, seed, imports, unsafe, rtol, atol))
     import keras
 
-    tol = (result.total.rtol, result.total.atol)
     result.backend_comparison = comparison(
-        docs, here, tol, epsilon=float(keras.config.epsilon()), random_layers=random_layers, skipped=skipped,
-        failed=failed, arithmetic=arithmetic,
+        docs, here, (result.total.rtol, result.total.atol), epsilon=float(keras.config.epsilon()),
+        random_layers=[layer.name for layer in model._flatten_layers(include_self=False)
+                       if getattr(layer, "seed_generator", None) is not None],
+        skipped=skipped, failed=failed, arithmetic=arithmetic_on_these_outputs(captures[0]) if captures else {},
         batch_note=(f"the same {result.batch.size}-sample batch on every backend, "
                     + (f"from {os.path.basename(os.fspath(data))}" if data is not None else
                        f"synthetic (seed {seed}) and written once to an .npz")),
         weights_note=("the factory's model built here; its weights copied into every other backend's model"
                       if factory else f"every backend loads the same weights from {os.path.basename(spec)}"))
     return result
+
+
+def _load(spec, step, imports, unsafe, engine):
+    """The model in this process, once the request is known to be a comparison of Keras 3's backends."""
+    from lossmap.load import load
+
+    if step is not None:
+        raise UserError("--compare-backends compares a MODEL (a .keras file or a factory); it does not take --step")
+    if engine == "tf_keras":
+        raise UserError("--compare-backends compares Keras 3's backends; tf_keras runs on TensorFlow only "
+                        "(use --compare-engines for tf_keras and Keras 3)")
+    loaded = load(spec, imports=imports, unsafe=unsafe, engine=engine)
+    if loaded.engine.name != "keras3":
+        raise UserError(f"--compare-backends compares Keras 3's backends, and {os.path.basename(spec)} is a "
+                        f"{loaded.engine.name} model (use --compare-engines for tf_keras and Keras 3)")
+    return loaded
+
+
+def _shared_files(tmp, loaded, data, batch_size, seed, factory):
+    """(the batch file every backend reads, the weights file a factory's models get or None)."""
+    if data is None:
+        from lossmap import batch as batch_module
+
+        batch_path = os.path.join(tmp, "batch.npz")
+        _write_batch(batch_module.synthetic(loaded.engine.signature(loaded.model), batch_size, seed), batch_path)
+    else:
+        batch_path = os.fspath(data)
+    weights_path = None
+    if factory:
+        weights_path = os.path.join(tmp, "weights.npz")
+        np.savez(weights_path, **{f"w/{i}": w for i, w in enumerate(loaded.model.get_weights())})
+    return batch_path, weights_path
+
+
+def _run_others(here, result, argv):
+    """({backend: JSON document}, skipped, failed): this backend's document, and a child per other backend."""
+    docs, skipped, failed = {}, [], []
+    for b in BACKENDS:
+        if b == here:
+            docs[b] = result.to_dict()
+            continue
+        why = backends.missing(b) or (None if ("keras3", b) in _CLASSES else
+                                      f"lossmap has no engine for Keras 3 on the {b} backend yet")
+        if why:
+            skipped.append({"backend": b, "why": why})
+            continue
+        code, out, err = backends.run_child(argv, b, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if code == 130:
+            raise KeyboardInterrupt
+        doc = _document(code, out)
+        if doc is None:
+            failed.append({"backend": b, "exit_code": code, "error": _last_line(err)})
+        else:
+            docs[b] = doc
+    return docs, skipped, failed
 
 
 def arithmetic_on_these_outputs(capture) -> dict:
