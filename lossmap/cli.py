@@ -175,11 +175,10 @@ def main(argv=None) -> int:
         print(f"lossmap: the following arguments are required: MODEL, --step or --example (see lossmap "
               f"{args.command} --help)", file=sys.stderr)
         return EXIT_USAGE
-    if args.backend is not None:
-        delegated = _on_backend(args)
+    try:
+        delegated = _on_backend(args) if args.backend is not None else None
         if delegated is not None:
             return delegated
-    try:
         return _run(args)
     except KeyboardInterrupt:
         return 130
@@ -192,9 +191,7 @@ def _on_backend(args):
     command run in a child process on B, or 2 with one line when it cannot run there."""
     from lossmap import backends
 
-    line = backends.usage_error(args.engine, args.backend)
-    if line is None and args.backend != backends.current():
-        line = backends.missing(args.backend)
+    line = backends.usage_error(args.engine, args.backend) or backends.missing(args.backend)
     if line is not None:
         print(f"lossmap: {line}", file=sys.stderr)
         return EXIT_USAGE
