@@ -119,14 +119,17 @@ def test_backend_in_process_when_already_on_it(tmp_path):
 
 def test_backend_ctrl_c_reaches_the_child(tmp_path):
     """SIGINT to the parent alone (kill -INT): it is passed on, the child exits 130, no traceback."""
-    slow = tmp_path / "slow.py"
-    slow.write_text("import time\n\ndef build():\n    time.sleep(60)\n")
+    slow, started = tmp_path / "slow.py", tmp_path / "started"
+    slow.write_text(f"import time\n\ndef build():\n    open({str(started)!r}, 'w').close()\n    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-m", "lossmap", "check", f"{slow}:build", "--backend", "tensorflow"],
                             env=clean_env(tmp_path, KERAS_BACKEND="jax"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
-    time.sleep(8)  # the child is in the factory by now (TensorFlow imported)
+    deadline = time.monotonic() + 180
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the child is in the factory (TensorFlow imported, the model being built)
+    assert started.exists(), proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and out == ""
 
