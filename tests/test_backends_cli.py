@@ -117,13 +117,19 @@ def test_backend_in_process_when_already_on_it(tmp_path):
     assert json.loads(proc.stdout)["model"]["backend"] == "tensorflow"
 
 
+def _ctrl_c_default():
+    """A test run in the background (`make test &`, CI) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: give the process under test the disposition a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_backend_ctrl_c_reaches_the_child(tmp_path):
     """SIGINT to the parent alone (kill -INT): it is passed on, the child exits 130, no traceback."""
     slow, started = tmp_path / "slow.py", tmp_path / "started"
     slow.write_text(f"import time\n\ndef build():\n    open({str(started)!r}, 'w').close()\n    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-m", "lossmap", "check", f"{slow}:build", "--backend", "tensorflow"],
                             env=clean_env(tmp_path, KERAS_BACKEND="jax"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path), preexec_fn=_ctrl_c_default)
     deadline = time.monotonic() + 180
     while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)  # the child is in the factory (TensorFlow imported, the model being built)
