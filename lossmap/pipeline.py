@@ -59,6 +59,9 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
                    gradient_limit=gradient_limit, sources=sources)
     unread = None
     if step_fn is not None or info.custom_train_step or info.custom_compute_loss:
+        refusal = eng.custom_code_refusal(m, step_fn)
+        if refusal is not None:
+            raise UserError(refusal)
         custom, unread = _custom_code(eng, m, info, step_fn, data, options)
         if custom is not None:
             return custom

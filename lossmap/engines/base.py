@@ -244,6 +244,11 @@ class Engine:
         return []
 
     # ------------------------------------------------------------ custom training code (lossmap.steps)
+    def custom_code_refusal(self, model, step_fn) -> Optional[str]:
+        """Why this engine cannot explain the model's custom training code (an override of `train_step`
+        or `compute_loss`, or `--step`), in one line; None when `lossmap.steps` can."""
+        return None
+
     def overrides(self, model) -> dict:
         """{"train_step": function or None, "compute_loss": function or None}: what the model's class overrides."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ the NumPy mirror in `rules.py`, the report's anchors in `anchors.py` (notes in
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Optional
 
@@ -39,6 +40,9 @@ class Keras3Engine(KerasEngine):
     package = "keras"
     rules = KERAS3  # rules.py: Trainer.compute_loss and Loss.__call__ in NumPy
     steps_module = _steps  # steps.py: what lossmap.steps needs for custom training code
+    # The backend's own stages (a backend's engine subclasses this one and sets its folder's modules):
+    capture_module, train_step_module, state_module = _capture, _train_step, _state
+    folder = "lossmap.engines.keras3"  # where anchors.py and citations.py are imported from, when needed
 
     def __init__(self):
         self.keras = _keras()
@@ -63,20 +67,14 @@ class Keras3Engine(KerasEngine):
 
     def walkthrough_anchors(self) -> list:
         """The installed Keras functions behind the total, as `lossmap.sources.Anchor`s."""
-        from lossmap.engines.keras3 import anchors
-
-        return anchors.anchors()
+        return importlib.import_module(f"{self.folder}.anchors").anchors()
 
     @classmethod
     def citations(cls) -> dict:
-        from lossmap.engines.keras3 import citations
-
-        return citations.specs()
+        return importlib.import_module(f"{cls.folder}.citations").specs()
 
     def engine_facts(self, model, sig: Signature) -> dict:
-        from lossmap.engines.keras3 import citations
-
-        return citations.facts(self, model, sig)
+        return importlib.import_module(f"{self.folder}.citations").facts(self, model, sig)
 
     # ------------------------------------------------------------ loading
     def load_archive(self, path: str, safe_mode: bool):
@@ -181,22 +179,19 @@ class Keras3Engine(KerasEngine):
 
     # ------------------------------------------------------------ the stages
     def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
-        return _capture.capture(self, model, batch, sig, keep_tape)
+        return self.capture_module.capture(self, model, batch, sig, keep_tape)
 
     def verify_train_step(self, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
-        return _train_step.verify_train_step(self, model, batch, sig, record_gradient)
+        return self.train_step_module.verify_train_step(self, model, batch, sig, record_gradient)
 
     def begin_attribution(self, model, batch: Batch, sig: Signature, terms, limit: int,
                           capture: Optional[Capture] = None, derive: bool = True):
-        return _train_step.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
+        return self.train_step_module.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
 
-    def attribute_gradients(self, model, batch: Batch, sig: Signature, terms, limit: int,
-                            total_gradient: Optional[dict] = None, capture: Optional[Capture] = None):
-        return _train_step.attribute_gradients(self, model, batch, sig, terms, limit, total_gradient, capture)
 
     def frozen_regularized_variables(self, model):
         return [v.path for v in model.non_trainable_weights if getattr(v, "regularizer", None) is not None]
 
     # ------------------------------------------------------------ state
     def state(self, model) -> _state.ModelState:
-        return _state.ModelState(model)
+        return self.state_module.ModelState(model)

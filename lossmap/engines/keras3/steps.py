@@ -27,14 +27,16 @@ class Expansion:
     regularizer_tensors: list = field(default_factory=list)  # one per regularized variable, same order
 
 
-def overrides(model) -> dict:
-    """{"train_step": function or None, "compute_loss": function or None}: the user's overrides."""
-    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+def overrides(model, trainer=None) -> dict:
+    """{"train_step": function or None, "compute_loss": function or None}: the user's overrides, against
+    the backend's `trainer` class (default: TensorFlow's)."""
     from keras.src.trainers.trainer import Trainer
 
+    if trainer is None:
+        from keras.src.backend.tensorflow.trainer import TensorFlowTrainer as trainer
     cls = type(model)
     return {
-        "train_step": cls.train_step if cls.train_step is not TensorFlowTrainer.train_step else None,
+        "train_step": cls.train_step if cls.train_step is not trainer.train_step else None,
         "compute_loss": cls.compute_loss if cls.compute_loss is not Trainer.compute_loss else None,
     }
 

@@ -59,9 +59,11 @@ class _GradientRecorder:
         object.__setattr__(self.optimizer, "apply_gradients", apply_gradients)
         return self
 
+    method = "apply_gradients"  # the optimizer method set on the instance for the step
+
     def __exit__(self, *exc):
         try:
-            object.__delattr__(self.optimizer, "apply_gradients")
+            object.__delattr__(self.optimizer, self.method)
         except AttributeError:
             pass
         return False

@@ -15,9 +15,6 @@ No TensorFlow is imported on this path.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-from lossmap.engines.base import Batch, Capture, Engine, Signature, Verification
 from lossmap.engines.keras3.engine import Keras3Engine
 from lossmap.engines.keras3_jax import capture as _capture, state as _state, steps as _steps, train_step as _train_step
 from lossmap.engines.keras3_jax.rules import KERAS3_JAX
@@ -30,43 +27,15 @@ class Keras3JaxEngine(Keras3Engine):
     label = "Keras 3 (JAX)"
     rules = KERAS3_JAX  # rules.py: the JAX backend's crossentropies
     steps_module = _steps
+    capture_module, train_step_module, state_module = _capture, _train_step, _state
+    folder = "lossmap.engines.keras3_jax"
 
     def summation(self) -> str:
         return (super().summation() + "; JAXTrainer.train_step differentiates it with jax.value_and_grad "
                 "of compute_loss_and_updates (stateless_call, then stateless_compute_loss)")
 
-    def walkthrough_anchors(self) -> list:
-        from lossmap.engines.keras3_jax import anchors
-
-        return anchors.anchors()
-
-    @classmethod
-    def citations(cls) -> dict:
-        from lossmap.engines.keras3_jax import citations
-
-        return citations.specs()
-
-    def engine_facts(self, model, sig: Signature) -> dict:
-        from lossmap.engines.keras3_jax import citations
-
-        return citations.facts(self, model, sig)
-
-    # ------------------------------------------------------------ the stages
-    def capture(self, model, batch: Batch, sig: Signature, keep_tape: bool = False) -> Capture:
-        return _capture.capture(self, model, batch, sig, keep_tape)
-
-    def verify_train_step(self, model, batch: Batch, sig: Signature, record_gradient: bool = False) -> Verification:
-        return _train_step.verify_train_step(self, model, batch, sig, record_gradient)
-
-    def begin_attribution(self, model, batch: Batch, sig: Signature, terms, limit: int,
-                          capture: Optional[Capture] = None, derive: bool = True):
-        return _train_step.begin_attribution(self, model, batch, sig, terms, limit, capture, derive)
-
-    attribute_gradients = Engine.attribute_gradients  # begin_attribution, then finish
-
-    # ------------------------------------------------------------ state and randomness
-    def state(self, model) -> _state.ModelState:
-        return _state.ModelState(model)
+    def custom_code_refusal(self, model, step_fn):
+        return _steps.refusal(model, step_fn)
 
     def seed_random(self, seed: int):
         """Nothing to seed: every random draw of a Keras layer on JAX comes from a `SeedGenerator`, whose

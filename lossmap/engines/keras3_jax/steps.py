@@ -7,8 +7,11 @@ dense.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
+from lossmap.engines.keras3 import steps as _keras3_steps
 from lossmap.engines.keras3.steps import (  # noqa: F401  (the engine reads them from this module)
     Expansion,
     additional_for,
@@ -24,15 +27,31 @@ from lossmap.engines.keras3.steps import (  # noqa: F401  (the engine reads them
 
 
 def overrides(model) -> dict:
-    """{"train_step": function or None, "compute_loss": function or None}: the user's overrides."""
+    """{"train_step": function or None, "compute_loss": function or None}: against `JAXTrainer`."""
     from keras.src.backend.jax.trainer import JAXTrainer
-    from keras.src.trainers.trainer import Trainer
 
-    cls = type(model)
-    return {
-        "train_step": cls.train_step if cls.train_step is not JAXTrainer.train_step else None,
-        "compute_loss": cls.compute_loss if cls.compute_loss is not Trainer.compute_loss else None,
-    }
+    return _keras3_steps.overrides(model, JAXTrainer)
+
+
+def refusal(model, step_fn):
+    """Why custom training code is not explained on JAX, in one line (`Engine.custom_code_refusal`).
+
+    lossmap.steps follows a step's loss to the `tape.gradient` call that differentiates it and
+    takes each addend's gradient on that tape; on JAX the loss is differentiated inside
+    `jax.value_and_grad` (Keras's own train_step calls it around `compute_loss`), which has no
+    tape to record on and runs the function it differentiates with tracers.
+    """
+    found = overrides(model)
+    cls = type(model).__name__
+    if step_fn is not None:
+        what = f"the training step {getattr(step_fn, 'spec', None) or 'given with --step'}"
+    elif found["train_step"] is not None:
+        what = f"{cls} overrides train_step({', '.join(list(inspect.signature(found['train_step']).parameters)[1:])})"
+    else:
+        what = f"{cls} overrides compute_loss"
+    return (f"lossmap does not explain custom training code on the JAX backend yet ({what}): it follows a "
+            "loss to a GradientTape, and JAX differentiates it inside jax.value_and_grad; run it with "
+            "KERAS_BACKEND=tensorflow, or check the model without the override")
 
 
 def dense_gradient(g):

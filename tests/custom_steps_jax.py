@@ -1,0 +1,84 @@
+"""Custom training code on the JAX backend (a factory per model, for `lossmap check FILE.py:FUNCTION`).
+
+`penalised`: a `compute_loss` override (Keras's backend-agnostic API: the JAX train_step
+differentiates what it returns). `stateless_step`: a `train_step(self, state, data)` override as
+Keras's "customizing fit() with JAX" guide writes it: `jax.value_and_grad` of a method that runs
+`stateless_call` and `compute_loss`, then `optimizer.stateless_apply` and the metrics' stateless
+updates, returning the new state.
+"""
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers, regularizers  # noqa: E402
+
+from lossmap.examples import same_weights  # noqa: E402
+
+
+class PenalisedModel(keras.Model):
+    """Overrides compute_loss only: Keras's own (JAX) train_step differentiates what it returns."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        energy = keras.ops.mean(keras.ops.square(y_pred))
+        return loss + 0.05 * energy
+
+
+def penalised():
+    same_weights(4)
+    inputs = keras.Input(shape=(4,), name="x")
+    h = layers.Dense(5, activation="tanh", kernel_regularizer=regularizers.L2(1e-2), name="hidden")(inputs)
+    out = layers.Dense(2, name="out")(h)
+    model = PenalisedModel(inputs, out, name="penalised")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    return model
+
+
+class StatelessStepModel(keras.Model):
+    """A `train_step(state, data)` override: the data loss plus a smoothness penalty on the prediction."""
+
+    def loss_and_updates(self, trainable_variables, non_trainable_variables, x, y, training=False):
+        y_pred, non_trainable_variables = self.stateless_call(
+            trainable_variables, non_trainable_variables, x, training=training)
+        data_loss = self.compute_loss(x, y, y_pred)
+        smooth = keras.ops.mean(keras.ops.square(y_pred[:, 1:] - y_pred[:, :-1]))
+        loss = data_loss + 0.1 * smooth
+        return loss, (y_pred, non_trainable_variables)
+
+    def train_step(self, state, data):
+        trainable_variables, non_trainable_variables, optimizer_variables, metrics_variables = state
+        x, y = data[0], data[1]
+        grad_fn = jax.value_and_grad(self.loss_and_updates, has_aux=True)
+        (loss, (y_pred, non_trainable_variables)), grads = grad_fn(
+            trainable_variables, non_trainable_variables, x, y, training=True)
+        trainable_variables, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, grads, trainable_variables)
+        new_metrics_vars, logs = [], {}
+        for metric in self.metrics:
+            this = metrics_variables[len(new_metrics_vars): len(new_metrics_vars) + len(metric.variables)]
+            if metric.name == "loss":
+                this = metric.stateless_update_state(this, loss)
+            else:
+                this = metric.stateless_update_state(this, y, y_pred)
+            logs[metric.name] = metric.stateless_result(this)
+            new_metrics_vars += this
+        state = (trainable_variables, non_trainable_variables, optimizer_variables, new_metrics_vars)
+        return logs, state
+
+
+def stateless_step():
+    same_weights(5)
+    inputs = keras.Input(shape=(4,), name="x")
+    h = layers.Dense(6, activation="tanh", kernel_regularizer=regularizers.L2(1e-2), name="hidden")(inputs)
+    out = layers.Dense(3, name="out")(h)
+    model = StatelessStepModel(inputs, out, name="stateless_step")
+    model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
+    return model
+
+
+def batch(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 4)).astype("float32"), rng.standard_normal((n, 2)).astype("float32")

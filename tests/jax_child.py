@@ -1,0 +1,259 @@
+"""lossmap on Keras 3's JAX backend, in a child process (the backend is fixed when Keras is imported, and
+the test process runs TensorFlow): `python tests/jax_child.py JOB OUT.json [DIR]` runs every analysis of
+JOB in this one process and writes what tests/test_keras3_jax.py asserts on as JSON.
+
+Jobs: `analyses` (the CLI on the bundled example, a saved multi-output model with everything, a report
+for the browser, the walkthrough, gradients against jax.grad, custom code), `property` (built-in losses
+on random models, tests/test_property.py's specs), `hostile` (tests/hostile_files.py's files, mutated).
+"""
+import contextlib
+import io
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import traceback
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def cli(*argv):
+    """`lossmap ARGV` in this process: (exit code, stdout, stderr)."""
+    from lossmap.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def highlighted(analysis):
+    """The walkthrough: key -> {file, display_path, lines: [[number, text]]} of the highlighted lines."""
+    return {s.key: {"file": s.file, "display_path": s.display_path, "found": s.found,
+                    "lines": [[ln.number, ln.text] for ln in s.lines if ln.highlight]}
+            for s in analysis.walkthrough}
+
+
+# ---------------------------------------------------------------- analyses
+def everything_model():
+    """Two list outputs (sigmoid and softmax heads, MSE), loss weights, L1/L2 kernel regularizers, an
+    activity regularizer, an add_loss layer, BatchNormalization and Dropout, Adam."""
+    import keras
+    from keras import layers, regularizers
+
+    from lossmap.examples import ActivationPenalty, same_weights
+
+    same_weights(3)
+    x = keras.Input((5,), name="features")
+    h = layers.Dense(8, activation="relu", kernel_regularizer=regularizers.L1L2(1e-3, 1e-3), name="trunk")(x)
+    h = layers.BatchNormalization(name="norm")(h)
+    h = layers.Dropout(0.3, seed=2, name="drop")(h)
+    h = ActivationPenalty(0.1, name="penalty")(h)
+    flag = layers.Dense(2, activation="sigmoid", kernel_regularizer=regularizers.L2(1e-2), name="flag")(h)
+    kind = layers.Dense(4, activation="softmax", activity_regularizer=regularizers.L2(1e-2), name="kind")(h)
+    level = layers.Dense(1, name="level")(h)
+    model = keras.Model(x, [flag, kind, level], name="everything")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=["binary_crossentropy", "categorical_crossentropy", "mse"], loss_weights=[0.3, 1.5, 0.7])
+    return model
+
+
+def saturated_model(loss):
+    """A softmax head whose logits differ by 60: class 2's probability is far below epsilon."""
+    import keras
+
+    x = keras.Input((2,), name="x")
+    out = keras.layers.Dense(3, activation="softmax", name="p", bias_initializer=keras.initializers.Constant(
+        [30.0, 0.0, -30.0]), kernel_initializer="zeros")(x)
+    model = keras.Model(x, out, name="saturated")
+    model.compile(optimizer="sgd", loss=loss)
+    return model
+
+
+def everything_batch(path, n=8):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    np.savez(path, **{
+        "x": rng.standard_normal((n, 5)).astype("float32"),
+        "y/flag": rng.integers(0, 2, (n, 2)).astype("float32"),
+        "y/kind": np.eye(4, dtype="float32")[rng.integers(0, 4, n)],
+        "y/level": rng.standard_normal((n, 1)).astype("float32"),
+        "sample_weight/kind": rng.uniform(0.2, 2.0, n).astype("float32"),
+        "sample_weight/level": (rng.uniform(0.0, 2.0, n) * rng.integers(0, 2, n)).astype("float32"),
+    })
+    return path
+
+
+def state_of(model):
+    import numpy as np
+
+    vs = list(model.variables) + (list(model.optimizer.variables) if model.optimizer.built else [])
+    return [(v.path, np.array(v.value).tobytes()) for v in vs], model.optimizer.built
+
+
+def jax_total_gradient_norm(model, xs, ys, sw):
+    """|gradient of the total| as Keras's own compute_loss_and_updates gives it, with jax.grad."""
+    import jax
+    import numpy as np
+
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    mv = [v.value for v in model.metrics_variables]
+    opt = type(model.optimizer).from_config(model.optimizer.get_config())  # a built copy: the model's stays unbuilt
+    opt.build(model.trainable_variables)
+    ov = [v.value for v in opt.variables]
+    grads = jax.grad(lambda t: model.compute_loss_and_updates(t, ntv, mv, xs, ys, sw, training=True,
+                                                              optimizer_variables=ov)[0])(tv)
+    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in grads)))
+
+
+def analyses(out_dir):
+    import lossmap
+
+    res = {}
+    code, out, err = cli("check", "--example", "multitask", "--format", "json")
+    res["check_multitask"] = {"code": code, "json": json.loads(out) if out.strip() else None, "stderr": err,
+                              "tensorflow_imported": "tensorflow" in sys.modules}
+    html, report_json = os.path.join(out_dir, "multitask.jax.html"), os.path.join(out_dir, "multitask.jax.json")
+    code, out, err = cli("report", "--example", "multitask", "-o", html, "--json", report_json)
+    res["report"] = {"code": code, "html": html, "json": report_json, "stderr": err}
+    a = lossmap.analyse("lossmap.examples:multitask")
+    res["walkthrough"] = highlighted(a)
+    res["tensorflow_imported"] = "tensorflow" in sys.modules
+
+    # a saved archive with everything, and a live copy of it whose state is compared bit for bit
+    model = everything_model()
+    archive = os.path.join(out_dir, "everything.keras")
+    model.save(archive)
+    batch = everything_batch(os.path.join(out_dir, "everything.npz"))
+    code, out, err = cli("check", archive, "--data", batch, "--import", "lossmap.examples", "--format", "json")
+    res["check_everything"] = {"code": code, "json": json.loads(out) if out.strip() else None, "stderr": err}
+    before = state_of(model)
+    live = lossmap.analyse(model, batch)
+    res["live_everything"] = {"verified": live.total.verified, "state_restored": live.state_restored,
+                              "bit_identical": state_of(model) == before,
+                              "terms": [[t.id, t.kind, t.contribution] for t in live.terms]}
+    eng = lossmap.load.load(model).engine
+    sig = eng.signature(model)
+    from lossmap import batch as batch_module
+
+    xs, ys, sw = eng.pack_batch(model, sig, batch_module.from_file(batch, sig))
+    res["live_everything"]["jax_total_norm"] = jax_total_gradient_norm(model, xs, ys, sw)
+    res["live_everything"]["gradients"] = json.loads(lossmap.render.json_report.render(live))["gradients"]
+
+    # a saturated softmax: JAX's crossentropy clips the probability (TensorFlow's would use the logits)
+    res["saturated"] = {}
+    for loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+        sat = saturated_model(loss)
+        labels = [[2]] * 4 if loss.startswith("sparse") else [[0.0, 0.0, 1.0]] * 4
+        import numpy as np
+
+        s = lossmap.analyse(sat, (np.ones((4, 2), "float32"), np.array(labels, "float32")))
+        res["saturated"][loss] = {"verified": s.total.verified, "value": s.terms[0].value,
+                                  "compute_loss": s.total.compute_loss, "findings": [f.code for f in s.findings]}
+
+    # custom training code: refused in one line
+    steps = os.path.join(HERE, "custom_steps_jax.py")
+    res["custom"] = {name: dict(zip(("code", "stdout", "stderr"), cli("check", f"{steps}:{name}")))
+                     for name in ("penalised", "stateless_step")}
+    return res
+
+
+# ---------------------------------------------------------------- property
+def property_examples(n_per_loss):
+    """tests/test_property.py's property on JAX: `n_per_loss` drawn models per built-in loss."""
+    from hypothesis import HealthCheck, given, seed, settings
+
+    import test_property as tp
+
+    failures, ran = {}, {}
+    for i, loss in enumerate(tp.LOSSES):
+        count = [0]
+
+        @seed(1000 + i)
+        @settings(max_examples=n_per_loss, deadline=None, database=None, derandomize=False,
+                  suppress_health_check=list(HealthCheck))
+        @given(spec=tp.model_specs(loss))
+        def check(spec):
+            count[0] += 1
+            with tempfile.TemporaryDirectory() as tmp:
+                tp.check_spec(spec, pathlib.Path(tmp))
+
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001 - reported to the test, with the spec hypothesis printed
+            failures[loss] = "".join(traceback.format_exception_only(type(exc), exc))[-3000:]
+        ran[loss] = count[0]
+    return {"failures": failures, "ran": ran}
+
+
+# ---------------------------------------------------------------- hostile files
+def hostile(out_dir):
+    import hostile_files
+    import zipcraft
+    from zipcraft import Member
+
+    paths = hostile_files.build(out_dir, tf_keras=False)
+    members = zipcraft.members_of(paths["keras3"])
+    config = json.loads(next(m.data for m in members if m.name == "config.json"))
+
+    def variant(name, change):
+        path = os.path.join(out_dir, name)
+        zipcraft.write_zip(path, change([Member(m.name, m.data) for m in members]))
+        return path
+
+    def with_config(cfg):
+        return lambda ms: [Member("config.json", json.dumps(cfg).encode()) if m.name == "config.json" else m
+                           for m in ms]
+
+    bomb = variant("bomb.keras", lambda ms: [zipcraft.deflate_bomb("config.json", b"{", 2 << 30)
+                                             if m.name == "config.json" else m for m in ms])
+    huge, mismatch = json.loads(json.dumps(config)), json.loads(json.dumps(config))
+    for layer in huge["config"]["layers"]:
+        if layer["config"]["name"] == "trunk":
+            layer["config"]["units"] = 2 ** 27
+    for layer in mismatch["config"]["layers"]:
+        if layer["config"]["name"] == "a":
+            layer["config"]["units"] = 5
+    import numpy as np
+
+    labels = os.path.join(out_dir, "labels.npz")
+    np.savez(labels, **dict(hostile_files.batch_arrays(), **{"y/b": np.full(8, 7, "int32")}))
+    cases = {
+        "valid": ["check", paths["keras3"], "--data", paths["batch"]],
+        "bomb": ["check", bomb],
+        "huge_layer": ["check", variant("huge.keras", with_config(huge))],
+        "mismatch": ["check", variant("mismatch.keras", with_config(mismatch))],
+        "labels": ["check", paths["keras3"], "--data", labels],
+        "not_a_zip": ["check", os.path.join(out_dir, "batch.npz").replace("batch.npz", "nothing.keras")],
+    }
+    with open(cases["not_a_zip"][1], "wb") as fh:
+        fh.write(b"not a zip at all")
+    return {name: dict(zip(("code", "stdout", "stderr"), cli(*argv))) for name, argv in cases.items()}
+
+
+def main():
+    job, out_path = sys.argv[1], sys.argv[2]
+    out_dir = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp()
+    if job == "analyses":
+        result = analyses(out_dir)
+    elif job == "property":
+        result = property_examples(int(os.environ.get("LOSSMAP_JAX_PROPERTY_EXAMPLES", "1")))
+    elif job == "hostile":
+        result = hostile(out_dir)
+    else:
+        raise SystemExit(f"unknown job {job}")
+    with open(out_path, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Keras 3 on the JAX backend: the same inventory, reproduction, verification, gradients and walkthrough.
+
+The backend is fixed when Keras is imported and this process runs TensorFlow, so every JAX run is in a
+child process (`tests/jax_child.py`): one per job, shared by the module's tests (about 40 s for the
+analyses, 40 s for the property examples, 10 s for the hostile files on 2 CPU cores).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("jax")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CHILD = os.path.join(HERE, "jax_child.py")
+
+
+def run_child(job, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"jax_{job}")
+    out = folder / "result.json"
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run([sys.executable, CHILD, job, str(out), str(folder)], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@pytest.fixture(scope="module")
+def analyses(tmp_path_factory):
+    return run_child("analyses", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    return run_child("hostile", tmp_path_factory)
+
+
+# ---------------------------------------------------------------- the example, through the CLI
+def test_check_on_jax_verifies_the_example_and_names_the_backend(analyses):
+    run = analyses["check_multitask"]
+    assert run["code"] == 0, run["stderr"]
+    doc = run["json"]
+    assert doc["model"]["engine"] == "keras3" and doc["model"]["backend"] == "jax"
+    assert doc["model"]["custom_train_step"] is False and doc["model"]["custom_compute_loss"] is False
+    assert [t["id"] for t in doc["terms"]] == ["compiled/price", "compiled/kind", "add_loss/penalty/0",
+                                               "activity/kind", "regularizer/trunk/kernel", "regularizer/price/kernel"]
+    total = doc["total"]
+    assert total["verified"] and total["compute_loss"] is not None and total["train_step"] is not None
+    assert "stateless" in total["path"] and "jax.value_and_grad" in total["summation"]
+    assert math.isclose(sum(t["contribution"] for t in doc["terms"]), total["reproduced"], rel_tol=1e-9)
+    # a softmax output carries no logits the JAX backend reads: no CROSSENTROPY_FROM_LOGITS
+    assert "CROSSENTROPY_FROM_LOGITS" not in {f["code"] for f in doc["findings"]}
+    assert not [f for f in doc["findings"] if f["level"] == "error"]
+
+
+def test_the_jax_path_never_imports_tensorflow(analyses):
+    assert analyses["check_multitask"]["tensorflow_imported"] is False
+    assert analyses["tensorflow_imported"] is False  # a report and an analysis later, still not
+
+
+def test_report_on_jax_is_written(analyses):
+    report = analyses["report"]
+    assert report["code"] == 0, report["stderr"]
+    with open(report["json"], encoding="utf-8") as fh:
+        assert json.load(fh)["model"]["backend"] == "jax"
+    with open(report["html"], encoding="utf-8") as fh:
+        html = fh.read()
+    assert "jax/trainer.py" in html and "JAXTrainer.train_step" in html
+
+
+# ---------------------------------------------------------------- a saved model with everything
+def test_a_saved_multi_output_model_with_everything_verifies(analyses):
+    run = analyses["check_everything"]
+    assert run["code"] == 0, run["stderr"]
+    doc = run["json"]
+    kinds = {t["kind"] for t in doc["terms"]}
+    assert kinds == {"compiled", "add_loss", "activity_regularizer", "weight_regularizer"}
+    weights = {t["id"]: t["weight"] for t in doc["terms"] if t["kind"] == "compiled"}
+    assert weights == {"compiled/flag": 0.3, "compiled/kind": 1.5, "compiled/level": 0.7}
+    assert doc["total"]["verified"] and doc["batch"]["source"] == "file"
+
+
+def test_the_model_is_bit_identical_after_the_analysis(analyses):
+    live = analyses["live_everything"]
+    assert live["verified"] and live["state_restored"] and live["bit_identical"]
+
+
+def test_per_term_gradients_add_up_to_jaxs_own_gradient(analyses):
+    live = analyses["live_everything"]
+    g = live["gradients"]
+    assert set(g["terms"]) == {tid for tid, _, _ in live["terms"]}
+    # the norm of the sum of the per-term gradients is |jax.grad| of Keras's compute_loss_and_updates
+    assert math.isclose(g["total_norm"], live["jax_total_norm"], rel_tol=1e-4)
+    assert math.isclose(sum(t["share"] for t in g["terms"].values()), 1.0, rel_tol=1e-4)
+    assert all(t["norm"] > 0 for t in g["terms"].values())
+
+
+def test_a_saturated_softmax_is_clipped_as_the_jax_backend_does(analyses):
+    """JAX's nn.py clips the probability at epsilon where TensorFlow's would use the cached logits (60)."""
+    for loss, run in analyses["saturated"].items():
+        assert run["verified"], loss
+        assert math.isclose(run["value"], -math.log(1e-7), rel_tol=1e-5), (loss, run)
+        assert "DEAD_TERM" in run["findings"], loss  # the clip stops its gradient
+
+
+# ---------------------------------------------------------------- the walkthrough
+def _line(path, number):
+    with open(path, encoding="utf-8") as fh:
+        return fh.read().splitlines()[number - 1]
+
+
+def test_walkthrough_anchors_point_at_real_lines_of_the_jax_trainer_and_nn(analyses):
+    steps = analyses["walkthrough"]
+    for key, where in [("train_step", "keras/src/backend/jax/trainer.py"),
+                       ("compute_loss_and_updates", "keras/src/backend/jax/trainer.py"),
+                       ("jax_sparse_categorical_crossentropy", "keras/src/backend/jax/nn.py")]:
+        step = steps[key]
+        assert step["found"] and step["display_path"].endswith(where), (key, step)
+        assert step["lines"], key
+        for number, text in step["lines"]:
+            assert _line(step["file"], number) == text, (key, number)
+    texts = " ".join(t for _, t in steps["train_step"]["lines"])
+    assert "jax.value_and_grad" in texts and "stateless_apply" in texts
+    assert "jnp.clip" in steps["jax_sparse_categorical_crossentropy"]["lines"][0][1]
+    assert "get_logits" not in steps  # TensorFlow's, not on this backend
+    assert steps["compute_loss"]["found"]
+
+
+# ---------------------------------------------------------------- what is not covered, and hostile files
+@pytest.mark.parametrize("name,what", [("penalised", "overrides compute_loss"),
+                                       ("stateless_step", "overrides train_step(state, data)")])
+def test_custom_training_code_on_jax_is_one_line_exit_2(analyses, name, what):
+    run = analyses["custom"][name]
+    assert run["code"] == 2 and run["stdout"] == ""
+    lines = run["stderr"].splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lossmap: ") and "Traceback" not in run["stderr"]
+    assert what in lines[0] and "JAX backend" in lines[0] and "KERAS_BACKEND=tensorflow" in lines[0]
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("bomb", ["config.json inflates to 2 GiB"]),
+    ("huge_layer", ["more variables than its weights can fill", "(4, 134217728)"]),
+    ("mismatch", ["layer 'a' does not match its saved weights", "(3, 5)", "(3, 2)"]),
+    ("labels", ["'y/b' holds class id 7"]),
+    ("not_a_zip", ["not a .keras archive"]),
+])
+def test_hostile_files_on_jax_are_exit_2_in_one_line(hostile, case, needles):
+    run = hostile[case]
+    assert run["code"] == 2 and run["stdout"] == "", run
+    lines = run["stderr"].splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lossmap: "), run["stderr"]
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_the_valid_hostile_target_verifies_on_jax(hostile):
+    assert hostile["valid"]["code"] == 0, hostile["valid"]["stderr"]
+
+
+# ---------------------------------------------------------------- the report in a browser
+def test_jax_report_opens_cleanly_in_a_browser(analyses):
+    """tests/test_browser.py's checks on a report made on JAX: no console error, no request besides the
+    file, no dialog; the walkthrough's JAX steps are on the page."""
+    import test_browser as tb  # skips this test where chromium or playwright is missing
+
+    with tb.sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=tb.CHROMIUM, args=tb.FLAGS)
+        try:
+            page, events, url = tb._open(browser, analyses["report"]["html"], "report-multitask-jax.png")
+            tb._assert_clean(events, url)
+            assert page.locator("table.terms tr").count() > 1
+            assert page.locator("#step-train_step").count() == 1
+            assert "JAXTrainer.train_step" in page.locator("#step-train_step").inner_text()
+            page.close()
+        finally:
+            browser.close()
