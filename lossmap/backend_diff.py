@@ -121,9 +121,6 @@ class Comparison:
     def backends(self):
         return list(self.docs)
 
-    def term(self, backend, term_id):
-        return next((t for t in self.docs[backend]["terms"] if t["id"] == term_id), None)
-
     def finding(self, backend, code, term_id):
         return next((f for f in self.docs[backend]["findings"] if f["code"] == code and f.get("term") == term_id),
                     None)
@@ -132,7 +129,7 @@ class Comparison:
         return [r for r in self.rows if r["differs"]]
 
 
-def _values(cmp, row) -> str:
+def _values(row) -> str:
     return ", ".join(f"{LABEL.get(b, b)} {_fmt(v['value'])}" for b, v in row["values"].items() if v is not None)
 
 
@@ -177,7 +174,7 @@ def _diff_crossentropy_logits(cmp: Comparison) -> list:
         msg = (f"{row['id']} is {fn} on a {act} output (from_logits=False): " + "; ".join(parts) + ". "
                f"Where the {act} saturates (a probability below {cmp.epsilon:g}) the clipped form counts at most "
                f"-log({cmp.epsilon:g}) = {cap:.4g} per entry, while the logits give the true value, and the "
-               f"gradient of a clipped entry is 0. On this batch: {_values(cmp, row)}.")
+               f"gradient of a clipped entry is 0. On this batch: {_values(row)}.")
         arith = cmp.arithmetic.get(row["id"])
         if arith and len(arith["values"]) > 1:
             same_outputs = ", ".join(f"{LABEL.get(b, b)} {_fmt(v)}" for b, v in arith["values"].items())
@@ -220,6 +217,6 @@ def differences(cmp: Comparison) -> list:
                     "title": "differences from the forward pass" if cmp.random_layers else
                     "differences without a known cause",
                     "term": left[0]["id"], "terms": [r["id"] for r in left], "cites": [],
-                    "message": "; ".join(f"{r['id']}: {_values(cmp, r)}" for r in left) + f". {why}"
+                    "message": "; ".join(f"{r['id']}: {_values(r)}" for r in left) + f". {why}"
                     + (f"; {'; '.join(notes)}" if notes else "") + "."})
     return out

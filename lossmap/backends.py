@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 
-from lossmap.engines import BACKENDS, keras_backend
+from lossmap.engines import keras_backend
 
 # backend -> the modules Keras imports for it, and how to install them (CPU wheels from PyPI)
 REQUIRES = {
