@@ -117,6 +117,10 @@ class Analysis:
     # tf_keras vs Keras 3 (lossmap.engine_diff, lossmap.compare), plain data: {"differences": [...],
     # "rows": [...] | None, ...}; in the JSON as "engine_comparison" only when present.
     engine_comparison: Optional[dict] = None
+    # Keras 3's backends side by side (lossmap.compare_backends, lossmap.backend_diff), plain data:
+    # {"backends", "rows", "totals", "differences", "skipped", "failed", ...}; in the JSON as
+    # "backend_comparison" only when present.
+    backend_comparison: Optional[dict] = None
     # custom training code: one entry per differentiated loss; in the JSON only when there are several
     objectives: list = field(default_factory=list)
     # custom training code, for the report: the user's own step as lossmap read it (not in the JSON)
@@ -152,6 +156,8 @@ class Analysis:
             doc["objectives"] = self.objectives
         if self.engine_comparison is not None:
             doc["engine_comparison"] = self.engine_comparison
+        if self.backend_comparison is not None:
+            doc["backend_comparison"] = self.backend_comparison
         return _strict(doc)
 
     def to_json(self, indent: Optional[int] = 2) -> str:

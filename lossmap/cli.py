@@ -9,6 +9,7 @@ import os
 import sys
 
 from lossmap import __version__
+from lossmap.engines import BACKENDS
 from lossmap.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, UserError
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +66,11 @@ def _common_options(many: bool = False) -> argparse.ArgumentParser:
                    help="the Keras that explains the model (default auto: the model's own class, the file's "
                         "keras_version, .h5 means tf_keras, else TF_USE_LEGACY_KERAS=1); tf_keras needs "
                         "pip install tf_keras")
+    g.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="the Keras 3 backend to run on (default: KERAS_BACKEND, else the backend of "
+                        "~/.keras/keras.json, else tensorflow); another backend than this process's runs the "
+                        "command in a child process with KERAS_BACKEND set (same output and exit code)")
+    g.add_argument("--weights-from", metavar="WEIGHTS.npz", help=argparse.SUPPRESS)  # --compare-backends' runs
     g.add_argument("--no-gradients", action="store_true", help="skip per-term gradient attribution")
     g.add_argument("--gradient-limit", type=_positive_int, default=None, metavar="N",
                    help="trunk-sharing terms that get a backward pass each before terms are grouped (default 8)")
@@ -80,14 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lossmap",
         description="Explain, term by term, the loss Keras trains your model on, and verify it "
                     "against Keras's own compute_loss and a real train_step.",
-        epilog="Exit codes: 0 verified; 1 mismatch or finding at/above --fail-on; "
+        epilog="Every command takes --backend tensorflow|jax|torch (the Keras 3 backend; default KERAS_BACKEND, "
+               "else ~/.keras/keras.json, else tensorflow); report and explain take --compare-backends. "
+               "Exit codes: 0 verified; 1 mismatch or finding at/above --fail-on; "
                "2 could not analyse (bad input); 3 internal error.",
     )
     parser.add_argument("--version", action="version", version=f"lossmap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_check(sub)
-    sub.add_parser("explain", parents=[common], help="the loss as an equation, a term table and findings",
-                   description="Print the loss as an equation with this batch's numbers.")
+    explain = sub.add_parser("explain", parents=[common], help="the loss as an equation, a term table and findings",
+                             description="Print the loss as an equation with this batch's numbers.")
+    _add_compare_backends(explain)
     report = sub.add_parser("report", parents=[common],
                             help="write the HTML explainer (one self-contained file)",
                             description="Write one self-contained HTML file that explains the model's "
@@ -98,8 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--compare-engines", action="store_true",
                         help="run the model in both tf_keras and Keras 3 and add a side-by-side table (MODEL: a "
                              "factory taking the Keras module, def build(keras), or a tf_keras .keras/.h5 file)")
+    _add_compare_backends(report)
     _add_lock(sub)
     return parser
+
+
+def _add_compare_backends(parser):
+    parser.add_argument("--compare-backends", action="store_true",
+                        help="run the model on every installed Keras 3 backend (tensorflow, jax, torch), each in "
+                             "its own process on the same batch, and add a side-by-side table: each term, the "
+                             "total and the verdict per backend, and every difference explained from the "
+                             "backends' own source lines")
 
 
 def _add_check(sub):
@@ -158,11 +176,30 @@ def main(argv=None) -> int:
               f"{args.command} --help)", file=sys.stderr)
         return EXIT_USAGE
     try:
+        delegated = _on_backend(args) if args.backend is not None else None
+        if delegated is not None:
+            return delegated
         return _run(args)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - a UserError is exit 2, anything else lossmap's own failure
         return report_error(exc, args.debug)[0]
+
+
+def _on_backend(args):
+    """`--backend B`: None to run here (this process is on B, or will be); else the exit code of the
+    command run in a child process on B, or 2 with one line when it cannot run there."""
+    from lossmap import backends
+
+    line = backends.usage_error(args.engine, args.backend) or backends.missing(args.backend)
+    if line is not None:
+        print(f"lossmap: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.backend == backends.current():
+        if "keras.src.backend.config" not in sys.modules:  # keras.json may say B while the variable is unset
+            os.environ["KERAS_BACKEND"] = args.backend
+        return None
+    return backends.run_command(args.argv, args.backend)
 
 
 def report_error(exc, debug: bool):
@@ -210,15 +247,20 @@ def analyse_args(args, sources: bool = False, gradients=None):
     from lossmap.pipeline import analyse
 
     run = analyse
+    if getattr(args, "compare_engines", False) and getattr(args, "compare_backends", False):
+        raise UserError("give --compare-engines or --compare-backends, not both")
     if getattr(args, "compare_engines", False):
         from lossmap.compare import analyse_both as run
+    if getattr(args, "compare_backends", False):
+        from lossmap.compare_backends import analyse_backends as run
+    extra = {"weights": args.weights_from} if args.weights_from else {}
     model = None if args.model == STEP_ONLY else args.model
     with _stdout_to_stderr():
         return run(
             model, args.data, batch_size=args.batch_size, seed=args.seed, imports=args.imports,
             unsafe=args.unsafe, engine=args.engine, rtol=args.rtol, atol=args.atol,
             gradients=not args.no_gradients if gradients is None else gradients,
-            gradient_limit=args.gradient_limit, sources=sources, **({"step": args.step} if args.step else {}))
+            gradient_limit=args.gradient_limit, sources=sources, **({"step": args.step} if args.step else {}), **extra)
 
 
 STEP_ONLY = "<the model the step reaches>"  # check/lock with --step and no MODEL: one run, keyed by the step

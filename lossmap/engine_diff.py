@@ -37,11 +37,20 @@ def _specs() -> dict:
 @functools.lru_cache(maxsize=None)
 def cite(key: str) -> dict:
     """Where the statement `key` of an engine's citations is in the installed library: plain data."""
-    from lossmap.sources import Stmt, display_path, locate
-
     engine, (module, qualname, stmts) = _specs()[key]
+    return citation(engine, module, qualname, stmts)
+
+
+def citation(engine: str, module: str, qualname: str, stmts, path: str | None = None) -> dict:
+    """Where the first of `stmts` ((matcher, label[, within]), ...) is in `qualname` of the installed
+    `module`, found by structure: plain data (`engine` names whose source it is; the backends'
+    comparison, `lossmap.backend_diff`, names a backend here). `path`: the module's file, read
+    without importing it (another backend's module would import that backend)."""
+    from lossmap.sources import Stmt, display_path, locate, locate_in_file
+
     try:
-        step = locate(module, qualname, [Stmt(s[0], None, s[1], s[2] if len(s) > 2 else None) for s in stmts])
+        wanted = [Stmt(s[0], None, s[1], s[2] if len(s) > 2 else None) for s in stmts]
+        step = locate_in_file(path, qualname, wanted) if path else locate(module, qualname, wanted)
     except Exception as exc:  # noqa: BLE001 - a citation never fails an analysis
         return {"engine": engine, "module": module, "qualname": qualname, "path": None, "line": None,
                 "text": None, "found": False, "missing": f"{type(exc).__name__}: {exc}"}

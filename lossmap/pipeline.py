@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import numpy as np
+
 from lossmap import __version__
 from lossmap import batch as batch_module
 from lossmap import findings as findings_module
@@ -26,7 +28,7 @@ from lossmap.verify import compare, scalar, tolerances
 
 def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=False, engine="auto",
             rtol=None, atol=None, gradients=True, gradient_limit=None, engine_diffs=None,
-            sources=True, step=None) -> Analysis:
+            sources=True, step=None, weights=None, on_capture=None) -> Analysis:
     """Explain and verify the training loss of `model` (a path, a factory spec or a live model).
 
     The model is left exactly as it was: every variable the run touches is
@@ -38,6 +40,10 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
     `step`: a training-step function (or `FILE.py:FUNCTION`) whose loss to explain; a model
     whose class overrides `train_step` or `compute_loss` is explained through its own code
     without it (`lossmap.steps`).
+    `weights`: an `.npz` of `model.get_weights()` to set on a model lossmap built itself (a factory's
+    model on another backend, `lossmap.compare_backends`): the arrays in order, keys `w/<index>`.
+    `on_capture`: called with the compiled path's `Capture` (outputs, labels, logits) once it is taken
+    (`lossmap.compare_backends` computes each backend's loss arithmetic on the same outputs).
     """
     step_fn = _step_function(step, imports) if step is not None else None
     if model is None and step_fn is None:
@@ -45,6 +51,8 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
     loaded = load(model if model is not None else _model_of(step_fn), imports=imports, unsafe=unsafe,
                   engine=engine)
     eng, m = loaded.engine, loaded.model
+    if weights is not None and loaded.owned:
+        _set_weights(m, weights)
     info = eng.model_info(m, loaded.source, loaded.saved_with)
     info.engine_reason = loaded.engine_reason
     options = dict(batch_size=batch_size, seed=seed, rtol=rtol, atol=atol, gradients=gradients,
@@ -57,12 +65,25 @@ def analyse(model=None, data=None, *, batch_size=8, seed=0, imports=(), unsafe=F
         custom, unread = _custom_code(eng, m, info, step_fn, data, options)
         if custom is not None:
             return custom
-    analysis = _compiled(eng, m, info, data, engine_diffs, **options)
+    analysis = _compiled(eng, m, info, data, engine_diffs, on_capture=on_capture, **options)
     if unread:
         for f in analysis.findings:
             if f.code in ("CUSTOM_TRAIN_STEP", "CUSTOM_COMPUTE_LOSS"):
                 f.message += f" (lossmap could not read the override: {unread})"
     return analysis
+
+
+def _set_weights(model, path):
+    """The arrays of `path` (`w/0`, `w/1`, ...) as the model's weights, when they line up; else a UserError."""
+    from lossmap.batch import read_npz
+
+    arrays = read_npz(os.fspath(path))
+    given = [arrays[f"w/{i}"] for i in range(len(arrays)) if f"w/{i}" in arrays]
+    own = model.get_weights()
+    if len(given) != len(own) or any(np.shape(a) != np.shape(b) for a, b in zip(given, own)):
+        raise UserError(f"the weights in {os.path.basename(os.fspath(path))} do not fit model '{model.name}' "
+                        f"({len(given)} arrays for {len(own)} weights, or their shapes differ)")
+    model.set_weights(given)
 
 
 def _custom_code(eng, m, info, step_fn, data, options):
@@ -80,7 +101,7 @@ def _custom_code(eng, m, info, step_fn, data, options):
 
 
 def _compiled(eng, m, info, data, engine_diffs, *, batch_size, seed, rtol, atol, gradients, gradient_limit,
-              sources) -> Analysis:
+              sources, on_capture=None) -> Analysis:
     """What compile() and model.losses define, captured, reproduced, verified and attributed.
 
     Memory decides the order: the backward passes that need the capture's taped forward
@@ -96,6 +117,8 @@ def _compiled(eng, m, info, data, engine_diffs, *, batch_size, seed, rtol, atol,
         # a custom train_step's applied gradient need not be these terms' sum: derive no term from it
         derive = info.compiled and not info.custom_train_step
         capture, terms, pending = _capture(runs, batch, sig, shapes, limit if gradients else None, derive)
+        if on_capture is not None:
+            on_capture(capture)
         wants = pending is not None and pending.wants_total_gradient
         verification = _verify(runs, batch, sig, wants) if info.compiled else None
         attribution = None

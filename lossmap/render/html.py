@@ -14,6 +14,7 @@ import sys
 from lossmap import gradient_layout as layout
 from lossmap.groups import KIND_LABEL, KIND_ORDER, count_label
 from lossmap.render import anchor_id, environment, format_number, svg
+from lossmap.render.backends import view as backends_view
 from lossmap.render.text import describe, render_equation, verdict
 
 GROUP_OPEN_LIMIT = 12  # a kind with more terms than this starts collapsed
@@ -53,6 +54,7 @@ def context(analysis, command=None) -> dict:
         "json_doc": analysis.to_dict(),
         "env": _environment(analysis, command),
         "num": format_number,
+        "bv": backends_view(analysis.backend_comparison) if getattr(analysis, "backend_comparison", None) else None,
     }
 
 

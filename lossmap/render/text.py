@@ -49,6 +49,8 @@ def render(analysis, width: int = 100) -> str:
         "opaque": "user code" if t.opaque else "",
         "steps": t.steps,
     } for t in analysis.terms]
+    from lossmap.render.backends import render_text as backends_text
+
     return template.render(
         custom=custom_code_lines(analysis),
         gradient_rows=_gradient_rows(analysis),
@@ -59,7 +61,7 @@ def render(analysis, width: int = 100) -> str:
         total=total,
         verdict=verdict(analysis),
         widths=_widths(rows),
-    )
+    ) + backends_text(analysis)
 
 
 def custom_code_lines(analysis) -> dict:
