@@ -100,3 +100,14 @@ def test_each_engine_is_one_folder_with_the_same_files():
     assert all(f == files["keras3"] for f in files.values()), files
     top = [rel for rel, _ in _modules() if "/" not in rel]
     assert not [rel for rel in top if any(name in rel for name in ("keras3", "tf_keras", "reproduce"))], top
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject lists packages by name: a package missing there is missing from an installed wheel."""
+    import tomllib
+
+    with open(os.path.join(os.path.dirname(ROOT), "pyproject.toml"), "rb") as fh:
+        listed = set(tomllib.load(fh)["tool"]["setuptools"]["packages"])
+    found = {os.path.relpath(d, os.path.dirname(ROOT)).replace(os.sep, ".")
+             for d, _, files in os.walk(ROOT) if "__init__.py" in files}
+    assert found - listed == set()
