@@ -31,6 +31,9 @@ EXAMPLES = {
     "input_gradient": ("lossmap.examples:input_gradient", None),
     "custom_loop": (None, "lossmap.examples.custom_loop:train_step"),
 }
+# Examples whose training code is written with TensorFlow (tf.GradientTape): Keras 3 on another
+# backend hands that code its own tensors, so they run on the TensorFlow backend only.
+TENSORFLOW_EXAMPLES = ("physics_informed", "input_gradient", "custom_loop")
 
 MODEL_HELP = ("a .keras archive (or a tf_keras .h5 file), or a factory path/to/file.py:function or "
               "package.module:function returning a compiled model")
@@ -271,10 +274,20 @@ def _resolve_models(args):
     if args.example and (args.models or args.step):
         raise UserError("give either MODEL (and --step) or --example NAME, not both")
     if args.example:
+        _check_example_backend(args.example)
         model, args.step = EXAMPLES[args.example]
         args.models = [model or STEP_ONLY]
     elif not args.models:
         args.models = [STEP_ONLY]
+
+
+def _check_example_backend(name: str) -> None:
+    from lossmap.engines import keras_backend
+
+    backend = keras_backend()
+    if name in TENSORFLOW_EXAMPLES and backend != "tensorflow":
+        raise UserError(f"the example {name!r} trains with tf.GradientTape, which Keras 3 on {backend} does not "
+                        f"feed: run it with --backend tensorflow")
 
 
 def _resolve_model(args):
@@ -282,6 +295,7 @@ def _resolve_model(args):
     if args.example and (args.model or args.step):
         raise UserError("give either MODEL (and --step) or --example NAME, not both")
     if args.example:
+        _check_example_backend(args.example)
         args.model, args.step = EXAMPLES[args.example]
         args.default_stem = args.example
     elif not args.model and not args.step:

@@ -15,6 +15,8 @@ Anything else (a real error, a Python warning) still reaches the user.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 import tempfile
@@ -97,4 +99,32 @@ def import_backend():
     if keras_backend() == "tensorflow":
         return import_tensorflow()
     quiet_environment()
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
     return None
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """On another backend, user code may still import TensorFlow (for tf.data, or a step written with
+    it): that import, whoever makes it, runs with its native start-up notices filtered as ours does."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = self.loader
+        with native_stderr_filtered():
+            self.loader.exec_module(module)

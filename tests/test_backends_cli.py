@@ -58,6 +58,13 @@ def one_line(proc):
 
 
 # ---------------------------------------------------------------- --backend
+@pytest.mark.parametrize("command", ["check", "report"])
+def test_a_tensorflow_example_on_another_backend_is_one_line(tmp_path, command):
+    proc = lossmap([command, "--example", "physics_informed"], tmp_path, KERAS_BACKEND="torch")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "run it with --backend tensorflow" in one_line(proc)
+
+
 def test_backend_tf_keras_on_jax_is_a_usage_error(tmp_path):
     proc = lossmap(["check", AGREEING, "--backend", "jax", "--engine", "tf_keras"], tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -44,3 +44,28 @@ def test_importing_tensorflow_through_lossmap_prints_nothing():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+def test_on_another_backend_a_tensorflow_import_by_user_code_is_filtered_too(tmp_path):
+    """Keras on JAX or torch imports no TensorFlow, but a user's factory or step may: that import,
+    whoever makes it, drops the same notices (a stand-in `tensorflow` writes them, whatever the CPU)."""
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(textwrap.dedent('''
+        import os
+        os.write(2, b"I0000 00:00:1.1 4446 port.cc:153] oneDNN custom operations are on. You may see ...\\n")
+        os.write(2, b"E0000 something real went wrong\\n")
+        MARK = "the stand-in"
+    '''))
+    code = textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from lossmap.quiet import import_backend
+        import_backend()
+        import tensorflow
+        assert tensorflow.MARK == "the stand-in"
+    ''')
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "E0000 something real went wrong\n"
