@@ -95,14 +95,14 @@ def term_function(engine, model, xs, ys, sw):
 
 
 # ---------------------------------------------------------------- Keras's default step, replayed
-def linearise_default_step(recorder):
+def linearise_default_step(recorder, seeds=()):
     """(vjp, {id(recorded tensor): position}, n, trainable variables) for `steps._ReplayTape`.
 
     `recorder` ran Keras's default step with the model's instrumented `compute_loss`: the override's
     call is found among its Keras calls, and `replay` runs it again from the trainable values. Every
     tensor the recorders kept (addends, the terms of each Keras `compute_loss` call, `model.losses`
     reads, what the override returned) is paired by its key with its replayed value, and `jax.vjp`
-    linearises the vector of their sums.
+    linearises the vector of their sums. `seeds`: (seed state variable, value) as the block found them.
     """
     import jax
 
@@ -113,7 +113,7 @@ def linearise_default_step(recorder):
     trainable = list(model.trainable_variables)
 
     def f(values):
-        replayed = replay(model, call, nested, values)
+        replayed = replay(model, call, nested, values, seeds)
         return _stacked(_recorded(replayed["recorder"]) + [replayed["result"]], len(originals))
 
     _, vjp = jax.vjp(f, [v.value for v in trainable])
@@ -124,10 +124,10 @@ def linearise_default_step(recorder):
     return vjp, index, len(originals), trainable
 
 
-def replay(model, call, nested, values) -> dict:
+def replay(model, call, nested, values, seeds=()) -> dict:
     """The override's call again, from the trainable `values`: `stateless_call` with the losses the
     forward pass adds, then the instrumented override in a `StatelessScope` with `model.losses` made
-    of them (`JAXTrainer.compute_loss_and_updates`); its recorder's fields for the run are returned
+    of them (`JAXTrainer.compute_loss_and_updates`), the seed states put back as `seeds` holds them; its recorder's fields for the run are returned
     ({"recorder": namespace, "result": what it returned}) and the recorder is left as it was."""
     from keras.src import backend
     from keras.src.trainers.trainer import Trainer
@@ -135,18 +135,19 @@ def replay(model, call, nested, values) -> dict:
     bound = inspect.signature(Trainer.compute_loss).bind(None, *call.args, **call.kwargs).arguments
     kwargs = {"training": True} if model._call_has_training_arg else {}
     trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
-    y_pred, _, losses = model.stateless_call(values, [v.value for v in non_trainable], bound.get("x"),
-                                             return_losses=True, **kwargs)
+    regularized = [v for v in trainable if getattr(v, "regularizer", None) is not None]
+    saved, before = dict(vars(nested)), {id(v): value for v, value in seeds}
+    with _unprobed(model):
+        y_pred, _, losses = model.stateless_call(values, [before.get(id(v), v.value) for v in non_trainable], bound.get("x"),
+                                                 return_losses=True, **kwargs)
     args = [y_pred if a is bound.get("y_pred") else a for a in call.args]
     kw = {k: (y_pred if a is bound.get("y_pred") else a) for k, a in call.kwargs.items()}
-    regularized = [v for v in trainable if getattr(v, "regularizer", None) is not None]
-    saved = dict(vars(nested))
     vars(nested).update(values={}, keras_calls={}, losses_lists={}, losses_captures={}, factors={}, coefs={},
                         counts=type(nested.counts)(), returned=None, returned_set=False, errors=[],
                         expand_losses=None, on_gradient=None,
                         expand_keras=lambda c: _replayed_expansion(model, c, losses, regularized))
     try:
-        with backend.StatelessScope(state_mapping=list(zip(trainable, values))):
+        with backend.StatelessScope(state_mapping=list(zip(trainable, values)) + list(seeds)):
             if losses:
                 model._losses_override.clear()
                 model._losses_override = losses
@@ -159,6 +160,26 @@ def replay(model, call, nested, values) -> dict:
     finally:
         vars(nested).clear()
         vars(nested).update(saved)
+
+
+@contextlib.contextmanager
+def _unprobed(model):
+    """The forward pass without lossmap's loss probe (`keras3.capture._LossProbe`), which reads each activity
+    regularizer's input as NumPy: a replay runs on tracers, and its losses are not the step's."""
+    from keras.src.layers.layer import Layer
+
+    add_loss = Layer.add_loss
+    swapped = [(layer, layer.activity_regularizer) for layer in model._flatten_layers(include_self=True)
+               if isinstance(getattr(layer, "activity_regularizer", None), _keras3._ActivityRecorder)]
+    Layer.add_loss = getattr(add_loss, "__wrapped__", add_loss)
+    for layer, wrapped in swapped:
+        layer.activity_regularizer = wrapped.regularizer
+    try:
+        yield
+    finally:
+        Layer.add_loss = add_loss
+        for layer, wrapped in swapped:
+            layer.activity_regularizer = wrapped
 
 
 def _replayed_expansion(model, call, losses, regularized):

@@ -96,14 +96,30 @@ class _ReplayTape:
     def __init__(self, persistent=False, watch_accessed_variables=True):
         self.recorder = None  # lossmap.steps.record.Recorder, handed over by `Recorder.tape` (`bind`)
         self._linear = None
+        self.seeds = {}  # id(seed state variable) -> (variable, value before the block's first draw)
+        self._next = None
 
     def bind(self, recorder):
         self.recorder = recorder
 
     def __enter__(self):
+        """Each `SeedGenerator`'s state as the block first draws from it: the replay draws the same numbers."""
+        from keras.src.random.seed_generator import SeedGenerator
+
+        self._next = original = SeedGenerator.next
+        seeds = self.seeds
+
+        def next(generator, ordered=True):
+            seeds.setdefault(id(generator.state), (generator.state, generator.state.value))
+            return original(generator, ordered)
+
+        SeedGenerator.next = next
         return self
 
     def __exit__(self, *exc):
+        from keras.src.random.seed_generator import SeedGenerator
+
+        SeedGenerator.next = self._next
         return False
 
     def stop_recording(self):
@@ -115,7 +131,7 @@ class _ReplayTape:
         if self._linear is None:
             from lossmap.engines.keras3_jax.capture import linearise_default_step
 
-            self._linear = linearise_default_step(self.recorder)
+            self._linear = linearise_default_step(self.recorder, list(self.seeds.values()))
         vjp, index, n, trainable = self._linear
         cotangent = np.zeros(n, np.float32)
         for t in (target if isinstance(target, (list, tuple)) else [target]):
