@@ -5,6 +5,9 @@ model with the loss probes, Keras's own `_compute_loss` on it, each compiled los
 `model.losses` as NumPy. JAX records no tape: `keep_tape` is ignored, and the gradient stage
 differentiates `term_function` (the same terms, from the trainable variables' values, through
 `stateless_call` as `JAXTrainer.compute_loss_and_updates` runs the model) with `jax.vjp`.
+For a `compute_loss` override, `linearise_default_step` does the same for Keras's default step
+(`lossmap.steps.default_step`): the override's call replayed from the trainable values, every
+addend and term it recorded paired with its replayed value (`steps._ReplayTape` differentiates them).
 """
 from __future__ import annotations
 
@@ -106,7 +109,9 @@ def linearise_default_step(recorder, seeds=()):
     """
     import jax
 
-    call = next(c for c in recorder.keras_calls.values() if hasattr(c.expansion, "instrumented"))
+    call = next((c for c in recorder.keras_calls.values() if hasattr(c.expansion, "instrumented")), None)
+    if call is None:
+        raise RuntimeError("the tape's block called no compute_loss override lossmap instrumented: nothing to replay")
     model = call.fn.__self__
     nested = call.expansion.recorder
     originals = _recorded(nested) + [call.result]

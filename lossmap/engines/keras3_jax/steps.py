@@ -135,8 +135,12 @@ class _ReplayTape:
         vjp, index, n, trainable = self._linear
         cotangent = np.zeros(n, np.float32)
         for t in (target if isinstance(target, (list, tuple)) else [target]):
-            if t is not None:
-                cotangent[index[id(t)]] += 1.0
+            if t is None:
+                continue
+            if id(t) not in index:
+                raise RuntimeError("the JAX replay of Keras's default step differentiates only what the step's "
+                                   "compute_loss recorded, and this tensor is not one of them")
+            cotangent[index[id(t)]] += 1.0
         (grads,) = vjp(jnp.asarray(cotangent))
         by_variable = {id(v): g for v, g in zip(trainable, grads)}
         return [by_variable.get(id(s)) for s in sources]
