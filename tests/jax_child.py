@@ -168,7 +168,22 @@ def analyses(out_dir):
                                         ("step_function", ["--step", os.path.join(HERE, "custom_steps.py:step_clipped"),
                                                            os.path.join(HERE, "custom_steps.py:penalised")]))}
     res["compute_loss"] = compute_loss_override()
+    res["noisy_compute_loss"] = noisy_compute_loss()
     return res
+
+
+def noisy_compute_loss():
+    """custom_steps_jax.py's `noisy_penalised`: the replayed block draws Dropout's mask again from the seed
+    state the step's own pass drew it from, so the terms' gradients add up to what train_step applies."""
+    import custom_steps_jax
+    import lossmap
+
+    model = custom_steps_jax.noisy_penalised()
+    before = state_of(model)
+    a = lossmap.analyse(model)
+    return {"verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
+            "bit_identical": state_of(model) == before, "kinds": sorted(t.kind for t in a.terms),
+            "findings": [f.code for f in a.findings]}
 
 
 def compute_loss_override():

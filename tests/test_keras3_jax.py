@@ -159,6 +159,13 @@ def test_a_compute_loss_override_is_split_verified_and_attributed_on_jax(analyse
     assert math.isclose(r["total_norm"], r["jax_total_norm"], rel_tol=1e-5)
 
 
+def test_a_compute_loss_override_with_dropout_and_activity_losses_verifies_its_gradients_on_jax(analyses):
+    r = analyses["noisy_compute_loss"]
+    assert r["verified"] and r["gradients_verified"] and r["bit_identical"], r
+    assert "GRADIENTS_NOT_VERIFIED" not in r["findings"]
+    assert {"custom", "compiled", "activity_regularizer", "weight_regularizer"} <= set(r["kinds"]), r["kinds"]
+
+
 @pytest.mark.parametrize("name,what", [("stateless_step", "overrides train_step(state, data)"),
                                        ("step_function", "custom_steps.py:step_clipped")])
 def test_a_custom_training_step_on_jax_is_one_line_exit_2(analyses, name, what):
