@@ -1,7 +1,8 @@
 """Custom training code written for the JAX backend (a factory, for `lossmap check FILE.py:FUNCTION`).
 
 (A `compute_loss` override is backend-agnostic Keras API: tests/custom_steps.py's `penalised` serves
-on JAX too.) `stateless_step`: a `train_step(self, state, data)` override as
+on JAX too, and lossmap explains it there.) `stateless_step` (refused on JAX, in one line): a
+`train_step(self, state, data)` override as
 Keras's "customizing fit() with JAX" guide writes it: `jax.value_and_grad` of a method that runs
 `stateless_call` and `compute_loss`, then `optimizer.stateless_apply` and the metrics' stateless
 updates, returning the new state.
@@ -58,3 +59,26 @@ def stateless_step():
     model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
     return model
 
+
+
+class NoisyPenalisedModel(keras.Model):
+    """A `compute_loss` override that reads `model.losses` itself, on a model with Dropout, BatchNormalization
+    and an activity regularizer: Keras's loss + 0.1 * mean|y_pred| + 0.01 * the losses again."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        base = super().compute_loss(x, y, y_pred, sample_weight, training)
+        smooth = keras.ops.mean(keras.ops.abs(y_pred))
+        return base + 0.1 * smooth + 0.01 * sum(self.losses)
+
+
+def noisy_penalised():
+    same_weights(6)
+    inputs = keras.Input(shape=(4,), name="x")
+    h = layers.Dense(6, activation="relu", activity_regularizer=regularizers.L1(1e-3),
+                     kernel_regularizer=regularizers.L2(1e-2), name="h")(inputs)
+    h = layers.BatchNormalization(name="bn")(h)
+    h = layers.Dropout(0.3, name="drop")(h)
+    out = layers.Dense(2, name="out")(h)
+    model = NoisyPenalisedModel(inputs, out, name="noisy_penalised")
+    model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
+    return model

@@ -161,11 +161,76 @@ def analyses(out_dir):
                                   "compute_loss": s.total.compute_loss, "findings": [f.code for f in s.findings],
                                   "messages": {f.code: f.message for f in s.findings}}
 
-    # custom training code: refused in one line
-    res["custom"] = {name: dict(zip(("code", "stdout", "stderr"), cli("check", os.path.join(HERE, spec))))
-                     for name, spec in (("penalised", "custom_steps.py:penalised"),
-                                        ("stateless_step", "custom_steps_jax.py:stateless_step"))}
+    # custom training code: a compute_loss override explained; a train_step(state, data) override and a
+    # --step function refused in one line
+    res["custom"] = {name: dict(zip(("code", "stdout", "stderr"), cli("check", *argv)))
+                     for name, argv in (("stateless_step", [os.path.join(HERE, "custom_steps_jax.py:stateless_step")]),
+                                        ("step_function", ["--step", os.path.join(HERE, "custom_steps.py:step_clipped"),
+                                                           os.path.join(HERE, "custom_steps.py:penalised")]))}
+    res["compute_loss"] = compute_loss_override()
+    res["noisy_compute_loss"] = noisy_compute_loss()
     return res
+
+
+def noisy_compute_loss():
+    """custom_steps_jax.py's `noisy_penalised`: the replayed block draws Dropout's mask again from the seed
+    state the step's own pass drew it from, so the terms' gradients add up to what train_step applies."""
+    import custom_steps_jax
+    import lossmap
+
+    model = custom_steps_jax.noisy_penalised()
+    before = state_of(model)
+    a = lossmap.analyse(model)
+    return {"verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
+            "bit_identical": state_of(model) == before, "kinds": sorted(t.kind for t in a.terms),
+            "findings": [f.code for f in a.findings]}
+
+
+def compute_loss_override():
+    """tests/custom_steps.py's `penalised` (a compute_loss override) on a live model: its addends, the
+    verification, and each addend's gradient next to `jax.grad` of the same addend written out here."""
+    import numpy as np
+
+    import custom_steps
+    import lossmap
+
+    model = custom_steps.penalised()
+    x, y = custom_steps.batch()
+    before = state_of(model)
+    a = lossmap.analyse(model, (x, y))
+    out = {"verified": a.total.verified, "reproduced": a.total.reproduced, "train_step": a.total.train_step,
+           "compute_loss": a.total.compute_loss, "gradients_verified": getattr(a.total, "gradients_verified", None),
+           "custom_compute_loss": a.model.custom_compute_loss, "bit_identical": state_of(model) == before,
+           "state_restored": a.state_restored, "findings": [f.code for f in a.findings],
+           "terms": {t.id: {"kind": t.kind, "value": t.value, "weight": t.weight, "contribution": t.contribution,
+                            "expression": getattr(t, "expression", None), "source": getattr(t, "source", None)}
+                     for t in a.terms},
+           "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},
+           "total_norm": (a.gradients or {}).get("total_norm")}
+    out["jax"] = addend_gradient_norms(model, x, y)
+    out["jax_total_norm"] = jax_total_gradient_norm(model, x, y, None)
+    out["bit_identical_after_jax"] = state_of(model) == before
+    return out
+
+
+def addend_gradient_norms(model, x, y):
+    """|jax.grad| of each of penalised's addends, written out with jax.numpy from `stateless_call`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    kernel = [v.path for v in model.trainable_variables].index("hidden/kernel")
+
+    def y_pred(t):
+        return model.stateless_call(t, ntv, jnp.asarray(x), training=True)[0]
+
+    addends = {"compiled/out": lambda t: jnp.mean(jnp.square(jnp.asarray(y) - y_pred(t))),
+               "regularizer/hidden/kernel": lambda t: 1e-2 * jnp.sum(jnp.square(t[kernel])),
+               "custom/energy": lambda t: 0.05 * jnp.mean(jnp.square(y_pred(t)))}
+    norm = lambda gs: float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in gs)))  # noqa: E731
+    return {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}
 
 
 # ---------------------------------------------------------------- property

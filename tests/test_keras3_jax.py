@@ -135,17 +135,49 @@ def test_walkthrough_anchors_point_at_real_lines_of_the_jax_trainer_and_nn(analy
     assert steps["compute_loss"]["found"]
 
 
-# ---------------------------------------------------------------- what is not covered, and hostile files
-@pytest.mark.parametrize("name,what", [("penalised", "overrides compute_loss"),
-                                       ("stateless_step", "overrides train_step(state, data)")])
-def test_custom_training_code_on_jax_is_one_line_exit_2(analyses, name, what):
+# ---------------------------------------------------------------- custom training code
+def test_a_compute_loss_override_is_split_verified_and_attributed_on_jax(analyses):
+    """tests/custom_steps.py's `penalised` (Keras's loss + 0.05 * energy): each addend named and valued,
+    the total verified against JAXTrainer.train_step(state, data), and each addend's gradient (Keras's
+    default step's tape block replayed and differentiated with jax.vjp) equal to jax.grad of the same
+    addend written out with jax.numpy in the child."""
+    r = analyses["compute_loss"]
+    assert r["custom_compute_loss"] and r["verified"] and r["gradients_verified"], r
+    assert r["bit_identical"] and r["state_restored"] and r["bit_identical_after_jax"]
+    terms = r["terms"]
+    assert set(terms) == {"compiled/out", "regularizer/hidden/kernel", "custom/energy"}, terms
+    energy = terms["custom/energy"]
+    assert energy["kind"] == "custom" and energy["weight"] == 0.05 and energy["expression"] == "0.05 * energy"
+    assert energy["source"]["line"] == 197 and energy["source"]["function"] == "PenalisedModel.compute_loss"
+    assert terms["compiled/out"]["kind"] == "compiled" and terms["compiled/out"]["source"]["line"] == 196
+    total = sum(t["contribution"] for t in terms.values())
+    assert math.isclose(total, r["reproduced"], rel_tol=1e-9)
+    assert math.isclose(r["reproduced"], r["train_step"], rel_tol=1e-6), r
+    for name, jax_side in r["jax"].items():
+        assert math.isclose(terms[name]["contribution"], jax_side["value"], rel_tol=1e-5), name
+        assert math.isclose(r["gradients"][name], jax_side["norm"], rel_tol=1e-5), (name, r["gradients"], jax_side)
+    assert math.isclose(r["total_norm"], r["jax_total_norm"], rel_tol=1e-5)
+
+
+def test_a_compute_loss_override_with_dropout_and_activity_losses_verifies_its_gradients_on_jax(analyses):
+    r = analyses["noisy_compute_loss"]
+    assert r["verified"] and r["gradients_verified"] and r["bit_identical"], r
+    assert "GRADIENTS_NOT_VERIFIED" not in r["findings"]
+    assert {"custom", "compiled", "activity_regularizer", "weight_regularizer"} <= set(r["kinds"]), r["kinds"]
+
+
+@pytest.mark.parametrize("name,what", [("stateless_step", "overrides train_step(state, data)"),
+                                       ("step_function", "custom_steps.py:step_clipped")])
+def test_a_custom_training_step_on_jax_is_one_line_exit_2(analyses, name, what):
     run = analyses["custom"][name]
     assert run["code"] == 2 and run["stdout"] == ""
     lines = run["stderr"].splitlines()
     assert len(lines) == 1 and lines[0].startswith("lossmap: ") and "Traceback" not in run["stderr"]
     assert what in lines[0] and "JAX backend" in lines[0] and "KERAS_BACKEND=tensorflow" in lines[0]
+    assert "override compute_loss instead" in lines[0]
 
 
+# ---------------------------------------------------------------- hostile files
 @pytest.mark.parametrize("case,needles", [
     ("bomb", ["config.json inflates to 2 GiB"]),
     ("huge_layer", ["more variables than its weights can fill", "(4, 134217728)"]),

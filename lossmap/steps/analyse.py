@@ -84,7 +84,7 @@ def _instrumented_run(eng, model, sig, d, step, args, runs):
     d.recorder.expand_losses = lambda losses: eng.additional_for(model, losses, probe)
     if d.nested is not None:
         d.nested.recorder.expand_losses = d.recorder.expand_losses
-    call, _ = decompose_module.callables(d, step, model)
+    call, _ = decompose_module.callables(d, step, model, eng)
     with runs.seeded():
         runs.state.swap_in_copies()
         with probe, _patched_compute_loss(model, d):
@@ -131,7 +131,7 @@ class _patched_compute_loss:
 
 
 def _real_run(eng, model, d, step, args, runs):
-    _, real = decompose_module.callables(d, step, model)
+    _, real = decompose_module.callables(d, step, model, eng)
     with runs.seeded():
         runs.state.swap_in_copies()
         return run(lambda: real(*args), eng.optimizer_classes(), eng, eng.variable_namer(model))

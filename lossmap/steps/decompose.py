@@ -89,12 +89,13 @@ def arguments(d: Decomposition, step: Optional[StepFunction], model, x, y, sampl
     return head + ((x, y) if sample_weight is None else (x, y, sample_weight))
 
 
-def callables(d: Decomposition, step: Optional[StepFunction], model):
+def callables(d: Decomposition, step: Optional[StepFunction], model, eng=None):
     """(instrumented, real): the two functions a run calls with `arguments(...)`."""
     if d.kind == "train_step":
         return types.MethodType(d.instrumented, model), model.train_step
-    if d.kind == "keras_default":
-        return d.instrumented, _real_default_step(model)
+    if d.kind == "keras_default":  # the backend's own real step where it differs (JAX's is stateless)
+        real = getattr(getattr(eng, "steps_module", None), "real_default_step", _real_default_step)
+        return d.instrumented, real(model)
     return d.instrumented, step.fn
 
 

@@ -9,6 +9,8 @@ from lossmap.engines import keras_backend
 
 if keras_backend() == "torch":  # torch autograd, in the words of tf.GradientTape (keras3_torch/capture.py)
     from lossmap.engines.keras3_torch.capture import AUTOGRAD as tf
+elif keras_backend() == "jax":  # the block replayed and differentiated with jax.vjp (keras3_jax/steps.py)
+    from lossmap.engines.keras3_jax.steps import REPLAY as tf
 else:
     import tensorflow as tf
 

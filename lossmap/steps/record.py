@@ -67,6 +67,8 @@ class Recorder:
         self.user_persistent[index] = bool(bound.get("persistent", False))
         bound["persistent"] = True
         made = factory(**bound)
+        if callable(getattr(made, "bind", None)):  # a tape that replays the block (JAX) reads the recorder
+            made.bind(self)
         self.tapes[index] = made
         return _TapeContext(self, index, made)
 

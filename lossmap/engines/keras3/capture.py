@@ -268,6 +268,7 @@ class _LossProbe:
                     probe.records[id(t)] = {"kind": "add_loss"}
             return probe._orig_add_loss(layer, loss)
 
+        add_loss.__wrapped__ = self._orig_add_loss  # a pass that must not be probed unwraps it (JAX's replay)
         Layer.add_loss = add_loss
         for layer in self.model._flatten_layers(include_self=True):
             reg = getattr(layer, "activity_regularizer", None)

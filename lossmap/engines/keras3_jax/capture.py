@@ -5,11 +5,16 @@ model with the loss probes, Keras's own `_compute_loss` on it, each compiled los
 `model.losses` as NumPy. JAX records no tape: `keep_tape` is ignored, and the gradient stage
 differentiates `term_function` (the same terms, from the trainable variables' values, through
 `stateless_call` as `JAXTrainer.compute_loss_and_updates` runs the model) with `jax.vjp`.
+For a `compute_loss` override, `linearise_default_step` does the same for Keras's default step
+(`lossmap.steps.default_step`): the override's call replayed from the trainable values, every
+addend and term it recorded paired with its replayed value (`steps._ReplayTape` differentiates them).
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
+import types
 
 from lossmap.engines.base import Batch, Capture, Signature
 from lossmap.engines.keras3 import capture as _keras3
@@ -90,3 +95,129 @@ def term_function(engine, model, xs, ys, sw):
         return jnp.stack([jnp.asarray(t, jnp.float32) for t in tensors]) if tensors else jnp.zeros((0,))
 
     return f, trainable, regularized
+
+
+# ---------------------------------------------------------------- Keras's default step, replayed
+def linearise_default_step(recorder, seeds=()):
+    """(vjp, {id(recorded tensor): position}, n, trainable variables) for `steps._ReplayTape`.
+
+    `recorder` ran Keras's default step with the model's instrumented `compute_loss`: the override's
+    call is found among its Keras calls, and `replay` runs it again from the trainable values. Every
+    tensor the recorders kept (addends, the terms of each Keras `compute_loss` call, `model.losses`
+    reads, what the override returned) is paired by its key with its replayed value, and `jax.vjp`
+    linearises the vector of their sums. `seeds`: (seed state variable, value) as the block found them.
+    """
+    import jax
+
+    call = next((c for c in recorder.keras_calls.values() if hasattr(c.expansion, "instrumented")), None)
+    if call is None:
+        raise RuntimeError("the tape's block called no compute_loss override lossmap instrumented: nothing to replay")
+    model = call.fn.__self__
+    nested = call.expansion.recorder
+    originals = _recorded(nested) + [call.result]
+    trainable = list(model.trainable_variables)
+
+    def f(values):
+        replayed = replay(model, call, nested, values, seeds)
+        return _stacked(_recorded(replayed["recorder"]) + [replayed["result"]], len(originals))
+
+    _, vjp = jax.vjp(f, [v.value for v in trainable])
+    index = {}
+    for i, t in enumerate(originals):
+        if t is not None:
+            index.setdefault(id(t), i)
+    return vjp, index, len(originals), trainable
+
+
+def replay(model, call, nested, values, seeds=()) -> dict:
+    """The override's call again, from the trainable `values`: `stateless_call` with the losses the
+    forward pass adds, then the instrumented override in a `StatelessScope` with `model.losses` made
+    of them (`JAXTrainer.compute_loss_and_updates`), the seed states put back as `seeds` holds them; its recorder's fields for the run are returned
+    ({"recorder": namespace, "result": what it returned}) and the recorder is left as it was."""
+    from keras.src import backend
+    from keras.src.trainers.trainer import Trainer
+
+    bound = inspect.signature(Trainer.compute_loss).bind(None, *call.args, **call.kwargs).arguments
+    kwargs = {"training": True} if model._call_has_training_arg else {}
+    trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
+    regularized = [v for v in trainable if getattr(v, "regularizer", None) is not None]
+    saved, before = dict(vars(nested)), {id(v): value for v, value in seeds}
+    with _unprobed(model):
+        y_pred, _, losses = model.stateless_call(values, [before.get(id(v), v.value) for v in non_trainable], bound.get("x"),
+                                                 return_losses=True, **kwargs)
+    args = [y_pred if a is bound.get("y_pred") else a for a in call.args]
+    kw = {k: (y_pred if a is bound.get("y_pred") else a) for k, a in call.kwargs.items()}
+    vars(nested).update(values={}, keras_calls={}, losses_lists={}, losses_captures={}, factors={}, coefs={},
+                        counts=type(nested.counts)(), returned=None, returned_set=False, errors=[],
+                        expand_losses=None, on_gradient=None,
+                        expand_keras=lambda c: _replayed_expansion(model, c, losses, regularized))
+    try:
+        with backend.StatelessScope(state_mapping=list(zip(trainable, values)) + list(seeds)):
+            if losses:
+                model._losses_override.clear()
+                model._losses_override = losses
+            try:
+                result = call.fn(*args, **kw)
+            finally:
+                if losses:
+                    model._losses_override.clear()
+        return {"recorder": types.SimpleNamespace(**vars(nested)), "result": result}
+    finally:
+        vars(nested).clear()
+        vars(nested).update(saved)
+
+
+@contextlib.contextmanager
+def _unprobed(model):
+    """The forward pass without lossmap's loss probe (`keras3.capture._LossProbe`), which reads each activity
+    regularizer's input as NumPy: a replay runs on tracers, and its losses are not the step's."""
+    from keras.src.layers.layer import Layer
+
+    add_loss = Layer.add_loss
+    swapped = [(layer, layer.activity_regularizer) for layer in model._flatten_layers(include_self=True)
+               if isinstance(getattr(layer, "activity_regularizer", None), _keras3._ActivityRecorder)]
+    Layer.add_loss = getattr(add_loss, "__wrapped__", add_loss)
+    for layer, wrapped in swapped:
+        layer.activity_regularizer = wrapped.regularizer
+    try:
+        yield
+    finally:
+        Layer.add_loss = add_loss
+        for layer, wrapped in swapped:
+            layer.activity_regularizer = wrapped
+
+
+def _replayed_expansion(model, call, losses, regularized):
+    """A Keras `compute_loss` call's terms from traced values, in the order of the eager expansion
+    (`keras3.steps.expand_keras_loss`): compiled, then each `add_loss` entry, and the regularizers."""
+    import keras
+    from keras.src.trainers.trainer import Trainer
+
+    bound = inspect.signature(Trainer.compute_loss).bind(None, *call.args, **call.kwargs).arguments
+    ys, y_pred, sw = bound.get("y"), bound.get("y_pred"), bound.get("sample_weight")
+    tensors = compiled_targets(types.SimpleNamespace(keras=keras), model, ys, y_pred, sw) if y_pred is not None else []
+    tensors += [model._aggregate_additional_loss(t) for t in losses[: len(losses) - len(regularized)]]
+    regs = [keras.ops.cast(v.regularizer(v), "float32") for v in regularized]
+    return types.SimpleNamespace(tensors=tensors, regularizer_tensors=regs)
+
+
+def _recorded(rec) -> list:
+    """Every tensor a recorder kept, in an order fixed by its keys (the same for a replay of the same code)."""
+    out = [rec.values[k] for k in sorted(rec.values)]
+    for k in sorted(rec.keras_calls):
+        c = rec.keras_calls[k]
+        e = c.expansion
+        out.append(c.result)
+        out += list(getattr(e, "tensors", None) or []) + list(getattr(e, "regularizer_tensors", None) or [])
+    for k in sorted(rec.losses_lists):
+        out += list(rec.losses_lists[k])
+    return out + [rec.returned]
+
+
+def _stacked(tensors, n):
+    import jax.numpy as jnp
+
+    if len(tensors) != n:
+        raise RuntimeError(f"the replayed compute_loss recorded {len(tensors)} tensors, the run {n}")
+    return jnp.stack([jnp.zeros((), jnp.float32) if t is None or not hasattr(t, "shape") and not
+                      isinstance(t, (int, float)) else jnp.sum(jnp.asarray(t, jnp.float32)) for t in tensors])

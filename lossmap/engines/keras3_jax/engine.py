@@ -11,6 +11,9 @@ This file: the engine's identity, `model_info` and what it overrides of the Tens
 (`lossmap.engines.keras3.Keras3Engine`, whose loading, signature and batch packing are the
 backend's too); the stages are in `capture.py`, `train_step.py`, `state.py`, the NumPy mirror in
 `rules.py`, the anchors in `anchors.py` (notes in `notes.py`), citations and facts in `citations.py`.
+A `compute_loss` override is explained through Keras's default step, whose tape on JAX replays its
+block from the trainable values (`steps.py`, `capture.linearise_default_step`); a `train_step(state,
+data)` override or a `--step` function is refused in one line (`steps.refusal`).
 No TensorFlow is imported on this path.
 """
 from __future__ import annotations
