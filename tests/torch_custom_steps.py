@@ -63,3 +63,57 @@ def loop_step(model, x, y):
     with torch.no_grad():
         model.optimizer.apply(gradients, model.trainable_weights)
     return loss
+
+
+class PhysicsStepModel(keras.Model):
+    """A hand-built loss differentiated with loss.backward(): a data term, a physics-style residual (the outputs
+    conserve the inputs' sum) and the model's own losses (its L2 regularizer)."""
+
+    lam = 0.5
+
+    def train_step(self, data):
+        x, y = data
+        self.zero_grad()
+        y_pred = self(x, training=True)
+        data_loss = keras.ops.mean(keras.ops.square(y - y_pred))
+        residual = keras.ops.sum(y_pred, axis=1) - keras.ops.sum(x, axis=1)
+        physics = keras.ops.mean(keras.ops.square(residual))
+        loss = data_loss + self.lam * physics + sum(self.losses)
+        loss.backward()
+        trainable_weights = [v for v in self.trainable_weights]
+        gradients = [v.value.grad for v in trainable_weights]
+        with torch.no_grad():
+            self.optimizer.apply(gradients, trainable_weights)
+        return {"loss": loss}
+
+
+def physics_step():
+    return _net(PhysicsStepModel, "physics_step", 7)
+
+
+class DetachedStepModel(keras.Model):
+    """A penalty passed through .detach(): autograd never sees it, so it trains nothing."""
+
+    def train_step(self, data):
+        x, y = data
+        self.zero_grad()
+        y_pred = self(x, training=True)
+        data_loss = keras.ops.mean(keras.ops.square(y - y_pred))
+        smooth = keras.ops.mean(keras.ops.square(y_pred)).detach()
+        loss = data_loss + 0.1 * smooth
+        loss.backward()
+        gradients = [v.value.grad for v in self.trainable_weights]
+        with torch.no_grad():
+            self.optimizer.apply(gradients, self.trainable_weights)
+        return {"loss": loss}
+
+
+def detached_step():
+    return _net(DetachedStepModel, "detached_step", 8)
+
+
+def backward_only(model, x, y):
+    """Differentiates with loss.backward() but applies nothing: nothing to explain (exit 2)."""
+    loss = keras.ops.mean(keras.ops.square(y - model(x, training=True)))
+    loss.backward()
+    return loss

@@ -82,6 +82,8 @@ def _instrumented_run(eng, model, sig, d, step, args, runs):
     if d.nested is not None:
         instrument(d.nested, expand, None)
     d.recorder.expand_losses = lambda losses: eng.additional_for(model, losses, probe)
+    backward = getattr(getattr(eng, "steps_module", None), "backward_recorder", None)  # torch's loss.backward()
+    d.recorder.run_backward = backward(model) if backward is not None else None
     if d.nested is not None:
         d.nested.recorder.expand_losses = d.recorder.expand_losses
     call, _ = decompose_module.callables(d, step, model)
