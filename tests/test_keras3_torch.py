@@ -232,3 +232,13 @@ def test_a_step_with_loss_backward_that_applies_nothing_is_one_line(custom_cases
     lines = r["stderr"].splitlines()
     assert len(lines) == 1 and "Traceback" not in r["stderr"], r["stderr"]
     assert lines[0].startswith("lossmap: backward_only (") and "loss.backward()" in lines[0], lines[0]
+
+
+def test_two_backward_calls_with_two_optimizers_keep_the_variables_each_applies(custom_cases):
+    """backward() fills every parameter's .grad: each objective keeps the variables its optimizer is handed
+    (as tape.gradient(loss, variables) names them), and an in-place clip of .grad is GRADIENT_TRANSFORMED."""
+    r = ok(custom_cases, "two_optimizers")
+    assert r["verified"] and r["gradients_verified"] and r["state_restored"], _message(r)
+    found = {f[0]: f[2] for f in r["findings"]}
+    assert "2 variable(s)" in found["MULTIPLE_OPTIMIZERS"] and "share no variable" in found["MULTIPLE_OPTIMIZERS"]
+    assert found["GRADIENT_TRANSFORMED"].startswith("objective/1:"), found

@@ -276,6 +276,13 @@ def physics_step_against_autograd():
 
 
 @case("custom")
+def two_optimizers():
+    import lossmap
+
+    return summary(lossmap.analyse("torch_custom_steps.py:two_optimizers", imports=()))
+
+
+@case("custom")
 def detached_addend():
     import lossmap
 

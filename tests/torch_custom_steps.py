@@ -117,3 +117,30 @@ def backward_only(model, x, y):
     loss = keras.ops.mean(keras.ops.square(y - model(x, training=True)))
     loss.backward()
     return loss
+
+
+class TwoOptimizerModel(keras.Model):
+    """Two losses, two backward() calls, two optimizers on disjoint variables; the second clips .grad in place."""
+
+    def train_step(self, data):
+        x, y = data
+        head, trunk = self.get_layer("out").trainable_weights, self.get_layer("hidden").trainable_weights
+        self.zero_grad()
+        fit = keras.ops.mean(keras.ops.square(y - self(x, training=True)))
+        fit.backward()
+        with torch.no_grad():
+            self.optimizer.apply([v.value.grad for v in head], head)
+        self.zero_grad()
+        y_pred = self(x, training=True)
+        smooth = keras.ops.mean(keras.ops.abs(y - y_pred)) + 0.01 * keras.ops.mean(keras.ops.square(y_pred))
+        smooth.backward()
+        torch.nn.utils.clip_grad_norm_([v.value for v in trunk], 0.01)
+        with torch.no_grad():
+            self.trunk_optimizer.apply([v.value.grad for v in trunk], trunk)
+        return {"loss": fit + smooth}
+
+
+def two_optimizers():
+    model = _net(TwoOptimizerModel, "two_optimizers", 9)
+    model.trunk_optimizer = keras.optimizers.SGD(0.01)
+    return model

@@ -69,7 +69,7 @@ def backward_recorder(model):
     Its sources are the model's trainable variables; `attribute` (the recorder's) takes each term's gradient
     (`torch.autograd.grad(term, params, retain_graph=True)`, through `capture._Tape`) before the user's
     `backward` consumes the graph; the result is what `backward` left in each `.grad` (the very tensors the
-    step reads back and hands its optimizer)."""
+    step reads back and hands its optimizer, matched by `narrow_to_applied`), `taken` their values then."""
     from lossmap.engines.keras3_torch.capture import _Tape
     from lossmap.steps.record import GradientRecord
 
@@ -80,9 +80,34 @@ def backward_recorder(model):
         attribute(record)
         returned = method(*args, **kwargs)
         record.result = [getattr(v.value, "grad", None) for v in sources]
+        record.taken = [None if g is None else g.detach().clone() for g in record.result]
         return returned
 
     return run
+
+
+def narrow_to_applied(d, updates):
+    """After the instrumented run: each objective differentiated with `X.backward()` keeps the variables whose
+    `.grad` an optimizer call was handed (by identity), as `tape.gradient(loss, variables)` names its sources
+    on TensorFlow: `backward()` fills every parameter's `.grad`, the step trains those it applies (all of them
+    when none reached an optimizer as is). Its gradient is then the values `backward()` left, before the step
+    changed any in place (clipping, a second `backward()` accumulating)."""
+    handed = {id(t) for u in updates for t in u.tensors if t is not None}
+    for o in d.parts.objectives:
+        records = [d.recorder.gradients.get(g.index) for g in o.gradient_calls()
+                   if getattr(g, "recorded_as", None) == "backward"]
+        records = [r for r in records if r is not None and getattr(r, "taken", None) is not None]
+        kept = {d.attribution.namer(v) for r in records for v, t in zip(r.sources, r.result)
+                if t is not None and id(t) in handed}
+        for r in records:
+            pairs = [(v, t) for v, t in zip(r.sources, r.taken) if not kept or d.attribution.namer(v) in kept]
+            r.sources, r.result = [v for v, _ in pairs], [t for _, t in pairs]
+        if not kept:
+            continue
+        d.attribution.sources[o.id] = [p for p in d.attribution.sources.get(o.id, []) if p in kept]
+        for grads in d.attribution.term_gradients.get(o.id, {}).values():
+            for p in [p for p in grads if p not in kept]:
+                del grads[p]
 
 
 def no_objective_reason(d):
@@ -99,8 +124,9 @@ def no_objective_reason(d):
     except KeyError:
         where = f"{d.step.file}:{d.step.start_line}"
     return (f"{d.fn.__qualname__} ({where}) calls {target}.backward() but no optimizer call in it applies the "
-            "gradients it leaves in .grad (optimizer.apply(gradients, variables) or apply_gradients): lossmap "
-            "explains a step that computes and applies gradients")
+            "gradients it leaves in .grad (a Keras optimizer's apply(gradients, variables) or apply_gradients; "
+            "a torch.optim optimizer's step() is not read): lossmap explains a step that computes and applies "
+            "gradients")
 
 
 def dense_gradient(g):
