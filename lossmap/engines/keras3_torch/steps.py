@@ -4,8 +4,10 @@ Keras 3's answers (`lossmap.engines.keras3.steps`) hold on torch, except: the de
 `train_step` to compare an override against is `TorchTrainer.train_step`; a gradient is a
 torch tensor (`dense_gradient`); a batch becomes torch tensors (`as_tensors`); the optimizer's
 first update is taken without autograd recording (as `TorchTrainer.train_step` applies it).
-A step's gradient on torch is what `loss.backward()` leaves in each parameter's `.grad`:
-`lossmap.steps` reads it through `gradients_of`.
+A step's gradient on torch is what `X.backward()` leaves in each parameter's `.grad`: the step's
+`X.backward()` is read as TensorFlow's `tape.gradient(X, variables)` (`gradient_calls`), run through
+`backward_recorder` (each addend's gradient by autograd before the graph is consumed), and its
+variables narrowed to those whose `.grad` an optimizer call is handed (`narrow_to_applied`).
 """
 from __future__ import annotations
 
