@@ -236,6 +236,59 @@ def step_function():
     return {"exit": code, "json": json.loads(out) if out.strip() else None, "stderr": err[-2000:]}
 
 
+@case("custom")
+def step_function_applying_nothing():
+    spec = os.path.join(HERE, "torch_custom_steps.py")
+    code, out, err = cli("check", "--step", spec + ":backward_only", spec + ":plain", "--format", "json")
+    return {"exit": code, "json": json.loads(out) if out.strip() else None, "stderr": err[-2000:]}
+
+
+@case("custom")
+def physics_step_against_autograd():
+    """The hand-built loss.backward() step: each addend's gradient from lossmap against `torch.autograd.grad` of
+    weight x addend computed here, and every variable, optimizer slot and `.grad` bit for bit the same after."""
+    import keras
+    import lossmap
+    import torch
+    import torch_custom_steps
+
+    model = torch_custom_steps.physics_step()
+    model.optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(8, 4)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+    everything = list(model.variables) + list(model.optimizer.variables)
+    before = [np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in everything]
+    a = lossmap.analyse(model, (x, y))
+    after = [keras.ops.convert_to_numpy(v.value) for v in everything]
+    params = [v.value for v in model.trainable_variables]
+    y_pred = model(x, training=True)
+    tx, ty = torch.as_tensor(x), torch.as_tensor(y)
+    addends = {"custom/data_loss": keras.ops.mean(keras.ops.square(ty - y_pred)),
+               "custom/physics": 0.5 * keras.ops.mean(keras.ops.square(keras.ops.sum(y_pred, axis=1) - tx.sum(1))),
+               "regularizer/hidden/kernel": sum(model.losses)}
+    norms = {}
+    for name, value in addends.items():
+        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        norms[name] = float(np.sqrt(sum(float((g.detach().double() ** 2).sum()) for g in grads if g is not None)))
+    return dict(summary(a), autograd_norms=norms, autograd_values={k: float(v.detach()) for k, v in addends.items()},
+                identical=all(p.dtype == q.dtype and p.tobytes() == q.tobytes() for p, q in zip(before, after)),
+                grads_none_after=all(v.value.grad is None for v in model.trainable_variables))
+
+
+@case("custom")
+def two_optimizers():
+    import lossmap
+
+    return summary(lossmap.analyse("torch_custom_steps.py:two_optimizers", imports=()))
+
+
+@case("custom")
+def detached_addend():
+    import lossmap
+
+    return summary(lossmap.analyse("torch_custom_steps.py:detached_step", imports=()))
+
+
 # ---------------------------------------------------------------- the property group
 @case("property")
 def built_in_losses():

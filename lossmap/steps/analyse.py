@@ -62,6 +62,9 @@ def analyse_custom(eng, model, sig, batch, runs, step=None, *, gradients=True, g
     first, losses_after = _instrumented_run(eng, model, sig, d, step, args, runs)
     if first.error is not None:
         raise UserError(_step_failed(d, first.error))
+    narrow = getattr(getattr(eng, "steps_module", None), "narrow_to_applied", None)  # torch: what .grad trains
+    if narrow is not None:
+        narrow(d, first.updates)
     second = _real_run(eng, model, d, step, args, runs)
     result = _assemble(eng, model, d, first, second)
     result.losses_after = losses_after
@@ -82,6 +85,8 @@ def _instrumented_run(eng, model, sig, d, step, args, runs):
     if d.nested is not None:
         instrument(d.nested, expand, None)
     d.recorder.expand_losses = lambda losses: eng.additional_for(model, losses, probe)
+    backward = getattr(getattr(eng, "steps_module", None), "backward_recorder", None)  # torch's loss.backward()
+    d.recorder.run_backward = backward(model) if backward is not None else None
     if d.nested is not None:
         d.nested.recorder.expand_losses = d.recorder.expand_losses
     call, _ = decompose_module.callables(d, step, model, eng)

@@ -23,9 +23,9 @@ def decompose(eng, model, step: Optional[StepFunction]) -> Decomposition:
     overridden = eng.overrides(model)
     nested = _compute_loss(overridden["compute_loss"])
     if step is not None:
-        outer = _read(step.fn, "function", step.spec)
+        outer = _read(step.fn, "function", step.spec, eng)
     elif overridden["train_step"] is not None:
-        outer = _read(overridden["train_step"], "train_step", f"{type(model).__name__}.train_step")
+        outer = _read(overridden["train_step"], "train_step", f"{type(model).__name__}.train_step", eng)
     elif nested is not None:
         fn = default_step.keras_train_step
         outer = _read(fn, "keras_default", "Keras's default train_step")
@@ -49,8 +49,11 @@ def _compute_loss(fn) -> Optional[Decomposition]:
     return Decomposition(fn=fn, step=step, parts=split_returns(step), kind="compute_loss")
 
 
-def _read(fn, kind: str, spec: str) -> Decomposition:
+def _read(fn, kind: str, spec: str, eng=None) -> Decomposition:
     step = _source(fn, spec)
+    more = getattr(getattr(eng, "steps_module", None), "gradient_calls", None)  # torch: X.backward()
+    if more is not None:
+        more(step)
     return Decomposition(fn=fn, step=step, parts=split(step), kind=kind)
 
 

@@ -17,7 +17,8 @@ from lossmap.steps.split import dependencies
 BREAKS = (
     (m.Call(func=m.Attribute(attr=m.Name("stop_gradient")) | m.Name("stop_gradient")), "stop_gradient"),
     (m.Call(func=m.Attribute(attr=m.Name("numpy"))), ".numpy(), which leaves TensorFlow"),
-    (m.Call(func=m.Attribute(attr=m.Name("item"))), ".item(), which leaves TensorFlow"),
+    (m.Call(func=m.Attribute(attr=m.Name("item"))), ".item(), a Python number outside the autodiff graph"),
+    (m.Call(func=m.Attribute(attr=m.Name("detach"))), ".detach(), which torch autograd does not record"),
     (m.Call(func=m.Attribute(value=m.Name("np") | m.Name("numpy"))), "a NumPy call, which TensorFlow does not record"),
     (m.Call(func=m.Name("float") | m.Name("int")), "a Python number, which TensorFlow does not record"),
 )
@@ -47,7 +48,12 @@ def _model_losses_ignored(analysis, eng, model, result):
                     f"model.losses holds {len(result.losses_after)} entries ({what}) adding up to {total:.6g} on this "
                     f"batch, and the loss the step differentiates ({where}) never includes them: Keras adds them "
                     "only inside compute_loss, so a hand-written step must add sum(model.losses) (or call "
-                    "compute_loss) inside the tape itself")]
+                    f"compute_loss) {_where_differentiated(o)}")]
+
+
+def _where_differentiated(o) -> str:
+    backward = o.gradient is not None and getattr(o.gradient, "recorded_as", None) == "backward"
+    return f"into {o.gradient.target_text} before .backward()" if backward else "inside the tape itself"
 
 
 def _training_flag_missing(analysis, eng, model, result):

@@ -7,7 +7,8 @@ reader and the splitter pointed at.
 
 - `tf.GradientTape(...)` in a `with` -> `__lm__.tape(i, tf.GradientTape, ...)` (made persistent
   so that each term's gradient can be taken on the user's own tape);
-- `<tape>.gradient(t, s, ...)` -> `__lm__.gradient(i, <tape>, t, s, ...)`;
+- `<tape>.gradient(t, s, ...)` -> `__lm__.gradient(i, <tape>, t, s, ...)`; torch's `t.backward(...)` ->
+  `__lm__.backward(i, t.backward, ...)`;
 - an addend's value `x` -> `__lm__.value(ids, x)`; a coefficient `c` -> `__lm__.coef(i, c)`;
   the factors of a product the run decides between -> `__lm__.factor(i, side, x)`;
 - `self.compute_loss(...)` -> `__lm__.keras_loss(ids, self.compute_loss, ...)`;
@@ -86,7 +87,8 @@ def plan(step: StepSource, parts: Split) -> dict:
     for tape in step.tapes:
         add(tape.call, _prefix_call("tape", cst.Integer(str(tape.index))))
     for g in step.gradients:
-        add(g.call, _prefix_call("minimize", cst.Integer(str(g.index))) if g.minimize else _gradient_call(g.index))
+        recorded_as = "minimize" if g.minimize else getattr(g, "recorded_as", None)  # backward: an engine's
+        add(g.call, _prefix_call(recorded_as, cst.Integer(str(g.index))) if recorded_as else _gradient_call(g.index))
     by_node: dict = {}
     for a in parts.addends:
         by_node.setdefault(id(a.value_node), []).append(a)

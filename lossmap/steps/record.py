@@ -46,6 +46,7 @@ class Recorder:
     expand_keras: Optional[Callable] = None  # engine hook: (KerasCall) -> expansion, inside the tape
     on_gradient: Optional[Callable] = None  # (gradient index, GradientRecord): per-term gradients, before any update
     expand_losses: Optional[Callable] = None  # engine hook: (list read from model.losses) -> AdditionalCaptures
+    run_backward: Optional[Callable] = None  # engine hook (torch): (method, args, kwargs, attribute) -> returned
     losses_captures: dict = field(default_factory=dict)  # addend id -> AdditionalCaptures, at read time
     errors: list = field(default_factory=list)  # what lossmap's own hooks could not do, in words
     tapes: dict = field(default_factory=dict)  # tape index -> tape
@@ -99,6 +100,22 @@ class Recorder:
             except Exception as exc:
                 self.errors.append(f"per-term gradients at minimize call {index}: {type(exc).__name__}: {exc}")
         return method(loss, var_list, tape=tape, **kwargs)
+
+    def backward(self, index, method, *args, **kwargs):
+        """`X.backward(...)` (torch): the engine's `run_backward` records it as a gradient of X (each term's
+        gradient taken before the graph is consumed) and runs it as written."""
+        def attribute(record):
+            record.inside = tuple(self.open_tapes)
+            self.gradients[index] = record
+            self.counts[("gradient", index)] += 1
+            if self.on_gradient is not None:
+                try:
+                    self.on_gradient(index, record)
+                except Exception as exc:
+                    self.errors.append(f"per-term gradients at backward call {index}: {type(exc).__name__}: {exc}")
+        if self.run_backward is None:
+            return method(*args, **kwargs)
+        return self.run_backward(method, args, kwargs, attribute)
 
     # ------------------------------------------------------------ addends
     def value(self, ids, value):

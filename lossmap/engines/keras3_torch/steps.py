@@ -4,8 +4,10 @@ Keras 3's answers (`lossmap.engines.keras3.steps`) hold on torch, except: the de
 `train_step` to compare an override against is `TorchTrainer.train_step`; a gradient is a
 torch tensor (`dense_gradient`); a batch becomes torch tensors (`as_tensors`); the optimizer's
 first update is taken without autograd recording (as `TorchTrainer.train_step` applies it).
-A step's gradient on torch is what `loss.backward()` leaves in each parameter's `.grad`:
-`lossmap.steps` reads it through `gradients_of`.
+A step's gradient on torch is what `X.backward()` leaves in each parameter's `.grad`: the step's
+`X.backward()` is read as TensorFlow's `tape.gradient(X, variables)` (`gradient_calls`), run through
+`backward_recorder` (each addend's gradient by autograd before the graph is consumed), and its
+variables narrowed to those whose `.grad` an optimizer call is handed (`narrow_to_applied`).
 """
 from __future__ import annotations
 
@@ -44,9 +46,75 @@ def expand_keras_loss(engine, model, sig, call, loss_probe):
         return _k3.expand_keras_loss(engine, model, sig, call, loss_probe)
 
 
+def gradient_calls(step):
+    """`X.backward()` in the step, as a `GradientCall` of X (torch's `tape.gradient(X, variables)`): an objective
+    when an optimizer call in the step applies what it leaves in the parameters' `.grad`. Added to
+    `step.gradients` before the split, which follows X back into its addends as on TensorFlow."""
+    import libcst.matchers as m
+
+    from lossmap.steps.read import GradientCall
+
+    applies = any(c.method in ("apply", "apply_gradients") for c in step.optimizer_calls)
+    for stmt in step.statements:
+        for call in m.findall(stmt.node, m.Call(func=m.Attribute(attr=m.Name("backward")))):
+            g = GradientCall(index=len(step.gradients), tape=None, line=step.line_of(call), statement=stmt.index,
+                             call=call, target=call.func.value, sources=call.func,
+                             target_text=step.code(call.func.value), sources_text="the parameters' .grad",
+                             results=(), enclosing_tapes=(), kind="objective" if applies else "input")
+            g.recorded_as = "backward"  # instrument: `X.backward(...)` -> `__lm__.backward(i, X.backward, ...)`
+            step.gradients.append(g)
+
+
+def backward_recorder(model):
+    """The recorder's `backward` on torch: runs `X.backward(...)` as written, recorded as a gradient of X.
+
+    Its sources are the model's trainable variables; `attribute` (the recorder's) takes each term's gradient
+    (`torch.autograd.grad(term, params, retain_graph=True)`, through `capture._Tape`) before the user's
+    `backward` consumes the graph; the result is what `backward` left in each `.grad` (the very tensors the
+    step reads back and hands its optimizer, matched by `narrow_to_applied`), `taken` their values then."""
+    from lossmap.engines.keras3_torch.capture import _Tape
+    from lossmap.steps.record import GradientRecord
+
+    def run(method, args, kwargs, attribute):
+        sources = list(model.trainable_variables)
+        record = GradientRecord(tape=_Tape(persistent=True), target=method.__self__, sources=sources,
+                                structure=sources, result=None)
+        attribute(record)
+        returned = method(*args, **kwargs)
+        record.result = [getattr(v.value, "grad", None) for v in sources]
+        record.taken = [None if g is None else g.detach().clone() for g in record.result]
+        return returned
+
+    return run
+
+
+def narrow_to_applied(d, updates):
+    """After the instrumented run: each objective differentiated with `X.backward()` keeps the variables whose
+    `.grad` an optimizer call was handed (by identity), as `tape.gradient(loss, variables)` names its sources
+    on TensorFlow: `backward()` fills every parameter's `.grad`, the step trains those it applies (all of them
+    when none reached an optimizer as is). Its gradient is then the values `backward()` left, before the step
+    changed any in place (clipping, a second `backward()` accumulating)."""
+    handed = {id(t) for u in updates for t in u.tensors if t is not None}
+    for o in d.parts.objectives:
+        records = [d.recorder.gradients.get(g.index) for g in o.gradient_calls()
+                   if getattr(g, "recorded_as", None) == "backward"]
+        records = [r for r in records if r is not None and getattr(r, "taken", None) is not None]
+        kept = {d.attribution.namer(v) for r in records for v, t in zip(r.sources, r.result)
+                if t is not None and id(t) in handed}
+        for r in records:
+            pairs = [(v, t) for v, t in zip(r.sources, r.taken) if not kept or d.attribution.namer(v) in kept]
+            r.sources, r.result = [v for v, _ in pairs], [t for _, t in pairs]
+        if not kept:
+            continue
+        d.attribution.sources[o.id] = [p for p in d.attribution.sources.get(o.id, []) if p in kept]
+        for grads in d.attribution.term_gradients.get(o.id, {}).values():
+            for p in [p for p in grads if p not in kept]:
+                del grads[p]
+
+
 def no_objective_reason(d):
-    """Why lossmap finds nothing differentiated in a torch step: it calls `loss.backward()` (the torch way),
-    which lossmap does not split into terms; None when the step does not."""
+    """Why lossmap finds nothing differentiated in a torch step that calls `X.backward()`: no optimizer call
+    applies what it leaves in `.grad`; None when the step calls no `backward`."""
     import libcst.matchers as m
 
     calls = m.findall(d.step.function, m.Call(func=m.Attribute(attr=m.Name("backward"))))
@@ -57,12 +125,10 @@ def no_objective_reason(d):
         where = f"{d.step.file}:{d.step.line_of(calls[0])}"
     except KeyError:
         where = f"{d.step.file}:{d.step.start_line}"
-    instead = ("override compute_loss instead (Keras's train_step differentiates what it returns, and lossmap "
-               "explains that on torch)" if d.kind == "train_step" else
-               "leave out --step to explain the model's compiled loss (model.compute_loss)")
-    return (f"{d.fn.__qualname__} ({where}) differentiates {target} with {target}.backward(): lossmap does not "
-            f"split a PyTorch training step with loss.backward() into terms yet; {instead}, or explain the "
-            "step on the TensorFlow backend")
+    return (f"{d.fn.__qualname__} ({where}) calls {target}.backward() but no optimizer call in it applies the "
+            "gradients it leaves in .grad (a Keras optimizer's apply(gradients, variables) or apply_gradients; "
+            "a torch.optim optimizer's step() is not read): lossmap explains a step that computes and applies "
+            "gradients")
 
 
 def dense_gradient(g):
