@@ -257,3 +257,27 @@ TRAINING_LAYERS = frozenset({
     "GaussianDropout", "AlphaDropout", "BatchNormalization", "RandomFlip", "RandomRotation",
     "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness", "RandomCrop",
 })
+
+
+@contextlib.contextmanager
+def tensorflow_left_alone():
+    """Keras's `tf.available` answered False for the block while TensorFlow is not imported (JAX, torch).
+
+    Keras asks it where an object might be a TensorFlow one (`serialize_keras_object`, which a
+    loss's `get_config` calls, checks for a `tf.TensorShape`), and answering imports TensorFlow
+    (3 s). While TensorFlow is not imported no object is a TensorFlow one, so False is the same
+    answer; Keras asks again afterwards.
+    """
+    import sys
+
+    from keras.src.utils import module_utils
+
+    lazy = getattr(module_utils, "tensorflow", None)
+    if lazy is None or "tensorflow" in sys.modules or getattr(lazy, "_available", True) is not None:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = None

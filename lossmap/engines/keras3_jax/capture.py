@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import sys
 import types
 
 from lossmap.engines.base import Batch, Capture, Signature
+from lossmap.engines.common.helpers import tensorflow_left_alone
 from lossmap.engines.keras3 import capture as _keras3
 
 
@@ -26,33 +26,11 @@ def capture(engine, model, batch: Batch, sig: Signature, keep_tape: bool = False
     A softmax/sigmoid may leave `_keras_logits` on its output, but the JAX backend's crossentropies
     never read them: the captured logits are dropped, as Keras drops them here.
     """
-    with tensorflow_left_out():
+    with tensorflow_left_alone():
         result = _keras3._capture(engine, model, batch, sig, None)
     for c in result.compiled:
         c.logits = None
     return result
-
-
-@contextlib.contextmanager
-def tensorflow_left_out():
-    """Keras's `tf.available` answered False while TensorFlow is not imported.
-
-    Keras asks it where an object might be a TensorFlow one (`serialize_keras_object`, which a
-    loss's `get_config` calls, checks for a `tf.TensorShape`), and answering imports TensorFlow
-    (3 s). While TensorFlow is not imported no object is a TensorFlow one, so False is the same
-    answer; Keras asks again afterwards.
-    """
-    from keras.src.utils import module_utils
-
-    lazy = module_utils.tensorflow
-    if "tensorflow" in sys.modules or lazy._available is not None:
-        yield
-        return
-    lazy._available = False
-    try:
-        yield
-    finally:
-        lazy._available = None
 
 
 def compiled_targets(engine, model, ys, y_pred, sw) -> list:

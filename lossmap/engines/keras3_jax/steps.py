@@ -64,9 +64,9 @@ def refusal(model, step_fn):
 
 def expand_keras_loss(engine, model, sig, call, loss_probe):
     """Keras 3's expansion of a `compute_loss` call, without Keras importing TensorFlow for a loss's config."""
-    from lossmap.engines.keras3_jax.capture import tensorflow_left_out
+    from lossmap.engines.common.helpers import tensorflow_left_alone
 
-    with tensorflow_left_out():
+    with tensorflow_left_alone():
         return _keras3_steps.expand_keras_loss(engine, model, sig, call, loss_probe)
 
 

@@ -9,10 +9,9 @@ so that code runs unchanged on torch.
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 
 from lossmap.engines.base import Batch, Capture, Signature
+from lossmap.engines.common.helpers import tensorflow_left_alone
 from lossmap.engines.keras3 import capture as _k3
 
 
@@ -72,21 +71,3 @@ def capture(engine, model, batch: Batch, sig: Signature, keep_tape: bool = False
     tape = _Tape(persistent=True) if keep_tape else None
     with tape if tape is not None else torch.no_grad(), tensorflow_left_alone():
         return _k3._capture(engine, model, batch, sig, tape)
-
-
-@contextlib.contextmanager
-def tensorflow_left_alone():
-    """Keras's `serialize_keras_object` (a loss's `get_config`) imports TensorFlow when it is installed, only
-    to ask whether an object is a `tf.TensorShape`: while TensorFlow was never imported, nothing is one,
-    so Keras's lazy module is told TensorFlow is unavailable for the block (seconds saved on torch)."""
-    from keras.src.utils import module_utils
-
-    lazy = getattr(module_utils, "tensorflow", None)
-    if lazy is None or "tensorflow" in sys.modules or getattr(lazy, "_available", True) is not None:
-        yield
-        return
-    lazy._available = False
-    try:
-        yield
-    finally:
-        lazy._available = None

@@ -40,7 +40,7 @@ def overrides(model) -> dict:
 
 def expand_keras_loss(engine, model, sig, call, loss_probe):
     """Keras 3's expansion of a `compute_loss` call, without Keras importing TensorFlow for a loss's config."""
-    from lossmap.engines.keras3_torch.capture import tensorflow_left_alone
+    from lossmap.engines.common.helpers import tensorflow_left_alone
 
     with tensorflow_left_alone():
         return _k3.expand_keras_loss(engine, model, sig, call, loss_probe)
