@@ -6,8 +6,6 @@ Jobs: `analyses` (the CLI on the bundled example, a saved multi-output model wit
 for the browser, the walkthrough, gradients against jax.grad, custom code), `property` (built-in losses
 on random models, tests/test_property.py's specs), `hostile` (tests/hostile_files.py's files, mutated).
 """
-import contextlib
-import io
 import json
 import os
 import pathlib
@@ -20,18 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-
-def cli(*argv):
-    """`lossmap ARGV` in this process: (exit code, stdout, stderr)."""
-    from lossmap.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
+from child_cli import cli  # noqa: E402  (tests/ is on the path from here)
 
 
 def highlighted(analysis):

@@ -8,8 +8,6 @@ The backend is fixed when Keras is imported and the pytest process runs TensorFl
 and asserts on what it writes: {case: {"ok": true, ...facts} or {"ok": false, "error": traceback}}.
 Each case is a plain function returning facts (JSON-able); one failing case does not stop the others.
 """
-import contextlib
-import io
 import json
 import os
 import sys
@@ -19,6 +17,8 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+
+from child_cli import cli  # noqa: E402  (tests/ is on the path from here)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if os.environ.get("KERAS_BACKEND") != "torch":
     raise SystemExit("torch_child.py runs with KERAS_BACKEND=torch")
@@ -33,19 +33,6 @@ def case(group):
         CASES.setdefault(group, {})[fn.__name__] = fn
         return fn
     return register
-
-
-def cli(*argv):
-    """(exit code, stdout, stderr) of `lossmap ARGV` in this process."""
-    from lossmap.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def summary(analysis):
