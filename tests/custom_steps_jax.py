@@ -1,8 +1,8 @@
 """Custom training code written for the JAX backend (a factory, for `lossmap check FILE.py:FUNCTION`).
 
 (A `compute_loss` override is backend-agnostic Keras API: tests/custom_steps.py's `penalised` serves
-on JAX too, and lossmap explains it there.) `stateless_step` (refused on JAX, in one line): a
-`train_step(self, state, data)` override as
+on JAX too, and lossmap explains it there.) `stateless_step` (explained on JAX: the loss the function
+handed to `jax.value_and_grad` returns, split into addends): a `train_step(self, state, data)` override as
 Keras's "customizing fit() with JAX" guide writes it: `jax.value_and_grad` of a method that runs
 `stateless_call` and `compute_loss`, then `optimizer.stateless_apply` and the metrics' stateless
 updates, returning the new state.

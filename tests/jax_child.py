@@ -148,13 +148,14 @@ def analyses(out_dir):
                                   "compute_loss": s.total.compute_loss, "findings": [f.code for f in s.findings],
                                   "messages": {f.code: f.message for f in s.findings}}
 
-    # custom training code: a compute_loss override explained; a train_step(state, data) override and a
-    # --step function refused in one line
+    # custom training code: a compute_loss override and a train_step(state, data) override as Keras's JAX
+    # guide writes it explained; a --step function refused in one line
     res["custom"] = {name: dict(zip(("code", "stdout", "stderr"), cli("check", *argv)))
                      for name, argv in (("stateless_step", [os.path.join(HERE, "custom_steps_jax.py:stateless_step")]),
                                         ("step_function", ["--step", os.path.join(HERE, "custom_steps.py:step_clipped"),
                                                            os.path.join(HERE, "custom_steps.py:penalised")]))}
     res["compute_loss"] = compute_loss_override()
+    res["stateless_step"] = stateless_step_override()
     res["noisy_compute_loss"] = noisy_compute_loss()
     return res
 
@@ -171,6 +172,49 @@ def noisy_compute_loss():
     return {"verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
             "bit_identical": state_of(model) == before, "kinds": sorted(t.kind for t in a.terms),
             "findings": [f.code for f in a.findings]}
+
+
+def stateless_step_override():
+    """custom_steps_jax.py's `stateless_step` (the guide's `train_step(state, data)` with `jax.value_and_grad`
+    of `loss_and_updates`): its addends, the verification against the override itself, and each addend's
+    gradient next to `jax.grad` of the same addend written out here from the trainable values (the weight
+    regularizer, which `self.losses` reads from the variables and not from those values, gets none)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import custom_steps_jax
+    import lossmap
+
+    model = custom_steps_jax.stateless_step()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 4)).astype("float32"), rng.standard_normal((6, 3)).astype("float32")
+    before = state_of(model)
+    a = lossmap.analyse(model, (x, y))
+    out = {"verified": a.total.verified, "reproduced": a.total.reproduced, "train_step": a.total.train_step,
+           "gradients_verified": getattr(a.total, "gradients_verified", None), "path": a.total.path,
+           "bit_identical": state_of(model) == before, "findings": [f.code for f in a.findings],
+           "terms": {t.id: {"kind": t.kind, "value": t.value, "weight": t.weight, "contribution": t.contribution,
+                            "expression": getattr(t, "expression", None), "source": getattr(t, "source", None)}
+                     for t in a.terms},
+           "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},
+           "total_norm": (a.gradients or {}).get("total_norm")}
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    kernel = next(v for v in model.trainable_variables if v.path == "hidden/kernel")
+
+    def y_pred(t):
+        return model.stateless_call(t, ntv, jnp.asarray(x), training=True)[0]
+
+    addends = {"compiled/out": lambda t: jnp.mean(jnp.square(jnp.asarray(y) - y_pred(t))),
+               "regularizer/hidden/kernel": lambda t: 1e-2 * jnp.sum(jnp.square(kernel.value)) + 0 * t[0].sum(),
+               "custom/smooth": lambda t: 0.1 * jnp.mean(jnp.square(y_pred(t)[:, 1:] - y_pred(t)[:, :-1]))}
+    norm = lambda gs: float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in gs)))  # noqa: E731
+    out["jax"] = {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}
+    out["jax_total_norm"] = norm(jax.grad(lambda t: model.loss_and_updates(t, ntv, jnp.asarray(x), jnp.asarray(y),
+                                                                         training=True)[0])(tv))
+    out["bit_identical_after_jax"] = state_of(model) == before
+    return out
 
 
 def compute_loss_override():

@@ -166,8 +166,34 @@ def test_a_compute_loss_override_with_dropout_and_activity_losses_verifies_its_g
     assert {"custom", "compiled", "activity_regularizer", "weight_regularizer"} <= set(r["kinds"]), r["kinds"]
 
 
-@pytest.mark.parametrize("name,what", [("stateless_step", "overrides train_step(state, data)"),
-                                       ("step_function", "custom_steps.py:step_clipped")])
+def test_a_guide_style_train_step_override_is_split_verified_and_attributed_on_jax(analyses):
+    """Keras's JAX guide: `jax.value_and_grad(self.loss_and_updates, has_aux=True)` then `stateless_apply`. The
+    loss is what the differentiated function returns first; its addends are valued, the total verified against
+    the override itself, each addend's gradient is jax.grad of it, and the weight regularizer that `self.losses`
+    reads from the variables (not from the values differentiated) trains nothing, as in the real step."""
+    r = analyses["stateless_step"]
+    assert r["verified"] and r["gradients_verified"] and r["bit_identical"] and r["bit_identical_after_jax"], r
+    assert "real train_step(state, data)" in r["path"] and "jax.vjp" in r["path"]
+    terms = r["terms"]
+    assert set(terms) == {"compiled/out", "regularizer/hidden/kernel", "custom/smooth"}, terms
+    smooth = terms["custom/smooth"]
+    assert smooth["kind"] == "custom" and smooth["weight"] == 0.1 and smooth["expression"] == "0.1 * smooth"
+    assert smooth["source"]["line"] == 28 and smooth["source"]["function"] == "StatelessStepModel.loss_and_updates"
+    assert terms["compiled/out"]["source"]["line"] == 27
+    total = sum(t["contribution"] for t in terms.values())
+    assert math.isclose(total, r["reproduced"], rel_tol=1e-9)
+    assert math.isclose(r["reproduced"], r["train_step"], rel_tol=1e-6), r
+    for name, jax_side in r["jax"].items():
+        assert math.isclose(terms[name]["contribution"], jax_side["value"], rel_tol=1e-5), name
+        assert math.isclose(r["gradients"][name], jax_side["norm"], rel_tol=1e-5, abs_tol=1e-12), (name, r)
+    assert r["gradients"]["regularizer/hidden/kernel"] == 0.0 and "DEAD_TERM" in r["findings"]
+    assert "GRADIENTS_NOT_VERIFIED" not in r["findings"]
+    assert math.isclose(r["total_norm"], r["jax_total_norm"], rel_tol=1e-5)
+    run = analyses["custom"]["stateless_step"]
+    assert run["code"] == 0 and "VERIFIED" in run["stdout"] and "StatelessStepModel.loss_and_updates" in run["stdout"], run
+
+
+@pytest.mark.parametrize("name,what", [("step_function", "custom_steps.py:step_clipped")])
 def test_a_custom_training_step_on_jax_is_one_line_exit_2(analyses, name, what):
     run = analyses["custom"][name]
     assert run["code"] == 2 and run["stdout"] == ""

@@ -22,13 +22,19 @@ def decompose(eng, model, step: Optional[StepFunction]) -> Decomposition:
     """The decomposition of what trains `model`: `step` when given, else the model's own overrides."""
     overridden = eng.overrides(model)
     nested = _compute_loss(overridden["compute_loss"])
+    differentiated = getattr(getattr(eng, "steps_module", None), "differentiated_function", None)  # JAX
+    found = differentiated(model) if step is None and differentiated is not None else None
+    if found is not None:  # the step's loss is a function's return value: the step written out, opening into it
+        nested = _compute_loss(found.function, found.adapt)
+        overridden = dict(overridden, train_step=None)
     if step is not None:
         outer = _read(step.fn, "function", step.spec, eng)
     elif overridden["train_step"] is not None:
         outer = _read(overridden["train_step"], "train_step", f"{type(model).__name__}.train_step", eng)
     elif nested is not None:
-        fn = default_step.keras_train_step
+        fn = found.step if found is not None else default_step.keras_train_step
         outer = _read(fn, "keras_default", "Keras's default train_step")
+        outer.words = found  # the written-out step's title and verification path, when not Keras's own
     else:
         raise ValueError("nothing custom to decompose")
     outer.nested = nested
@@ -42,11 +48,12 @@ def decompose(eng, model, step: Optional[StepFunction]) -> Decomposition:
     return outer
 
 
-def _compute_loss(fn) -> Optional[Decomposition]:
+def _compute_loss(fn, adapt=None) -> Optional[Decomposition]:
     if fn is None:
         return None
     step = _source(fn, f"{fn.__qualname__}")
-    return Decomposition(fn=fn, step=step, parts=split_returns(step), kind="compute_loss")
+    first = getattr(adapt, "has_aux", False)
+    return Decomposition(fn=fn, step=step, parts=split_returns(step, first), kind="compute_loss", adapt=adapt)
 
 
 def _read(fn, kind: str, spec: str, eng=None) -> Decomposition:

@@ -49,7 +49,9 @@ def _wrap(method: str, *lead):
 
 
 def _bare(node):
-    """The node without its own parentheses: it becomes a call argument, which needs none."""
+    """The node without its own parentheses: it becomes a call argument, which needs none (a tuple does)."""
+    if isinstance(node, cst.Tuple):
+        return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
     if hasattr(node, "lpar") and node.lpar:
         return node.with_changes(lpar=[], rpar=[])
     return node

@@ -88,6 +88,7 @@ def _total(eng, result, rtol, atol) -> Total:
         compute_loss, train_step = result.target, result.target
         path = "eager: the model's compute_loss override in Keras's train_step (instrumented copy), and the " \
                "model's real train_step (its gradients)"
+        path = getattr(result.decomposition.words, "path", path)
     else:
         compute_loss, train_step = None, result.target
         path = "eager: the step's instrumented copy, and the step as written (its gradients)"

@@ -29,6 +29,8 @@ class Decomposition:
     recorder: Optional[Recorder] = None
     instrumented: Optional[Callable] = None
     attribution: Any = None  # the Attribution that took each term's gradient in the instrumented run
+    words: Any = None  # .title, .path: how to name a written-out step that is not Keras's own (JAX)
+    adapt: Optional[Callable] = None  # the instrumented copy -> what the step calls (JAX: a differentiated function)
 
 
 @dataclass
@@ -140,6 +142,8 @@ def instrument(decomposition: Decomposition, expand_keras: Callable, on_gradient
     decomposition.recorder = rec
     decomposition.instrumented = build(decomposition.fn, decomposition.step,
                                        rewrite(decomposition.step, decomposition.parts), rec)
+    if decomposition.adapt is not None:
+        decomposition.instrumented = decomposition.adapt(decomposition.instrumented)
     return decomposition.instrumented
 
 

@@ -361,19 +361,21 @@ def _same_value(step: StepSource, a, b) -> bool:
     return not any(set(s.assigned) & names for s in step.statements[first + 1:last])
 
 
-def split_returns(step: StepSource) -> Split:
+def split_returns(step: StepSource, first: bool = False) -> Split:
     """A loss function's returned value split into addends (an overridden `compute_loss`): one
-    objective per `return`; the run tells which one returned."""
+    objective per `return`; the run tells which one returned. `first`: the loss is the first item of
+    a returned tuple (`jax.value_and_grad(f, has_aux=True)`'s `return loss, aux`)."""
     splitter = _Splitter(step)
     objectives = []
     for index in step.returns:
         ret = step.statements[index].node
         if ret.value is None:
             continue
+        value = ret.value.elements[0].value if first and isinstance(ret.value, cst.Tuple) else ret.value
         objective = Objective(id=len(objectives), gradient=None)
         ctx = _Context(objective=objective.id, statement=index)
-        objective.addends = [a.id for a in splitter.expand(ret.value, ctx)]
-        objective.returned = ret.value
+        objective.addends = [a.id for a in splitter.expand(value, ctx)]
+        objective.returned = value
         objectives.append(objective)
     return Split(objectives, splitter.addends, splitter.coefficients)
 

@@ -51,6 +51,8 @@ def step_views(analysis, result) -> list:
 
 
 def _title(d: Decomposition) -> str:
+    if getattr(d.words, "title", None):
+        return d.words.title
     return {"train_step": "Your train_step override", "function": "Your training step",
             "keras_default": "Keras's train_step, as lossmap reads it (your model overrides only compute_loss)",
             }.get(d.kind, "Your training step")

@@ -8,12 +8,15 @@ dense. A `compute_loss` override is explained through Keras's default step writt
 JAX records nothing, so the tape's block is run again as a function of the trainable variables'
 values (`stateless_call`, then the instrumented override in a `StatelessScope`, as
 `JAXTrainer.compute_loss_and_updates` runs it) and differentiated with `jax.vjp`. The real step it is
-verified against is `JAXTrainer.train_step(state, data)` (`real_default_step`).
+verified against is `JAXTrainer.train_step(state, data)` (`real_default_step`). A `train_step(state, data)`
+override as Keras's JAX guide writes it (`jax.value_and_grad` of one method, `optimizer.stateless_apply`) is
+explained the same way, its differentiated method in place of the override (`differentiated_function`).
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
+import textwrap
 import types
 
 import numpy as np
@@ -41,15 +44,17 @@ def overrides(model) -> dict:
 
 def refusal(model, step_fn):
     """Why custom training code is not explained on JAX, in one line (`Engine.custom_code_refusal`);
-    None for a `compute_loss` override alone (Keras's default step, with `REPLAY` as its tape).
+    None for a `compute_loss` override alone (Keras's default step, with `REPLAY` as its tape) and for a
+    `train_step(state, data)` override as Keras's JAX guide writes it (`differentiated_function`).
 
     lossmap.steps follows a step's loss to the `tape.gradient` call that differentiates it and
-    takes each addend's gradient on that tape; a `train_step(state, data)` of the user's (or a
-    `--step` function) differentiates inside `jax.value_and_grad`, which has no tape to record on
-    and runs the function it differentiates with tracers.
+    takes each addend's gradient on that tape; another `train_step(state, data)` of the user's (or a
+    `--step` function) differentiates inside `jax.value_and_grad` in a way lossmap does not read.
     """
     found = overrides(model)
     cls = type(model).__name__
+    if step_fn is None and found["train_step"] is not None and differentiated_function(model) is not None:
+        return None
     if step_fn is not None:
         what = f"the training step {getattr(step_fn, 'spec', None) or 'given with --step'}"
     elif found["train_step"] is not None:
@@ -60,6 +65,95 @@ def refusal(model, step_fn):
             "loss to a GradientTape, and JAX differentiates it inside jax.value_and_grad; run it with "
             "KERAS_BACKEND=tensorflow, override compute_loss instead (explained on JAX), or check the model "
             "without the override")
+
+
+def differentiated_function(model):
+    """(function, adapt) for a `train_step(self, state, data)` override as Keras's JAX guide writes it, else None.
+
+    The step differentiates `self.<name>` with `jax.value_and_grad` / `jax.grad` (`has_aux=True`: the loss is
+    the first item it returns) and hands the gradients to `self.optimizer.stateless_apply`. That method is
+    pure in the values it is given, so it is read as an overridden `compute_loss` that Keras's default step
+    (with `REPLAY` as its tape) calls: `adapt` turns its instrumented copy into one, called with the
+    trainable and non-trainable variables' values (the replay's, inside its `StatelessScope`), `x`, `y`
+    and `training=True`. The real step it is verified against is the override itself (`real_default_step`).
+    """
+    import libcst as cst
+    import libcst.matchers as m
+
+    step = overrides(model)["train_step"]
+    if step is None or list(inspect.signature(step).parameters)[1:] != ["state", "data"]:
+        return None
+    try:
+        source = cst.parse_module(textwrap.dedent(inspect.getsource(step)))
+    except (OSError, TypeError, cst.ParserSyntaxError):
+        return None
+    if not m.findall(source, m.Attribute(attr=m.Name("stateless_apply"))):
+        return None
+    grad = m.Call(func=m.Attribute(value=m.Name("jax"), attr=m.Name("value_and_grad") | m.Name("grad"))
+                  | m.Name("value_and_grad") | m.Name("grad"))
+    calls = [c for c in m.findall(source, grad)
+             if c.args and m.matches(c.args[0].value, m.Attribute(value=m.Name("self")))]
+    if len(calls) != 1:
+        return None
+    fn = getattr(type(model), calls[0].args[0].value.attr.value, None)
+    if not inspect.isfunction(fn):
+        return None
+    has_aux = any(a.keyword is not None and a.keyword.value == "has_aux" and m.matches(a.value, m.Name("True"))
+                  for a in calls[0].args)
+    what = f"{fn.__qualname__} differentiated with jax.{calls[0].func.attr.value if isinstance(calls[0].func, cst.Attribute) else calls[0].func.value}"
+    return types.SimpleNamespace(
+        function=fn, adapt=_adapter(fn, has_aux), step=value_and_grad_step,
+        title=f"Your train_step(state, data) override, as lossmap reads it ({what})",
+        path=f"eager: {fn.__qualname__}'s instrumented copy, replayed and differentiated with jax.vjp, and the "
+             "model's real train_step(state, data) (its gradients)")
+
+
+def value_and_grad_step(model, x, y, sample_weight=None):
+    """A `train_step(state, data)` override's `jax.value_and_grad`, as lossmap runs it (`differentiated_function`):
+    `model.compute_loss` is the differentiated function, given the variables' values (the loss it returns)."""
+    with REPLAY.GradientTape() as tape:  # jax.value_and_grad: the function replayed from the trainable values
+        loss = model.compute_loss(x, y, None, sample_weight)  # fn(trainable, non_trainable, x, y, training=True)
+    grads = tape.gradient(loss, model.trainable_variables)
+    model.optimizer.apply_gradients(zip(grads, model.trainable_variables))  # optimizer.stateless_apply
+    return loss
+
+
+def _adapter(fn, has_aux):
+    """The instrumented differentiated function as the model's `compute_loss` (see `differentiated_function`)."""
+    takes_training = "training" in inspect.signature(fn).parameters
+
+    def adapt(instrumented):
+        def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            patched = model.__dict__.pop("compute_loss", None)  # its own self.compute_loss is Keras's
+            values = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+            losses, model._losses_override = model._losses_override, []  # self.losses as the real step reads it
+            try:
+                with _variables_as_stored(model):
+                    out = instrumented(model, *values, x, y, **({"training": True} if takes_training else {}))
+            finally:
+                model._losses_override = losses
+                if patched is not None:
+                    object.__setattr__(model, "compute_loss", patched)
+            return out[0] if has_aux else out
+        return compute_loss
+
+    adapt.has_aux = has_aux
+    return adapt
+
+
+def _variables_as_stored(model):
+    """A `StatelessScope` in which the trainable variables read what they hold (the replay's scope otherwise):
+    as in the real step, the function differentiates only through the values it is handed (a weight
+    regularizer read from `self.losses` gets no gradient from `jax.value_and_grad`); other mappings (seed
+    states) kept."""
+    from keras.src.backend.common.stateless_scope import StatelessScope, get_stateless_scope
+
+    outer = get_stateless_scope()
+    scope = StatelessScope()
+    scope.state_mapping = dict(outer.state_mapping) if outer is not None else {}
+    for v in model.trainable_variables:
+        scope.state_mapping[id(v)] = v._value
+    return scope
 
 
 def expand_keras_loss(engine, model, sig, call, loss_probe):
