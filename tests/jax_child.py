@@ -198,7 +198,11 @@ def stateless_step_override():
                             "expression": getattr(t, "expression", None), "source": getattr(t, "source", None)}
                      for t in a.terms},
            "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},
-           "total_norm": (a.gradients or {}).get("total_norm")}
+           "total_norm": (a.gradients or {}).get("total_norm"),
+           "summation": a.total.summation,
+           "step_view": [{"file": v.file, "qualname": v.qualname,
+                          "highlighted": [[ln.number, ln.text.strip(), ln.note] for ln in v.lines if ln.highlight]}
+                         for v in a.step_view]}
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
     kernel = next(v for v in model.trainable_variables if v.path == "hidden/kernel")

@@ -189,6 +189,14 @@ def test_a_guide_style_train_step_override_is_split_verified_and_attributed_on_j
     assert r["gradients"]["regularizer/hidden/kernel"] == 0.0 and "DEAD_TERM" in r["findings"]
     assert "GRADIENTS_NOT_VERIFIED" not in r["findings"]
     assert math.isclose(r["total_norm"], r["jax_total_norm"], rel_tol=1e-5)
+    # what is shown as the step is the user's train_step, at its own lines, not the step lossmap writes out
+    shown = r["step_view"][0]
+    assert shown["file"].endswith("custom_steps_jax.py") and shown["qualname"] == "StatelessStepModel.train_step"
+    (vg_line, vg_text, vg_note), (ap_line, ap_text, _) = shown["highlighted"]
+    assert vg_text.startswith("grad_fn = jax.value_and_grad(self.loss_and_updates") and "loss_and_updates" in vg_note
+    assert "stateless_apply(" in ap_text and ap_line > vg_line
+    assert f"jax.value_and_grad (line {vg_line})" in r["summation"]
+    assert [v["qualname"] for v in r["step_view"]][1:] == ["StatelessStepModel.loss_and_updates"]
     run = analyses["custom"]["stateless_step"]
     assert run["code"] == 0 and "VERIFIED" in run["stdout"] and "StatelessStepModel.loss_and_updates" in run["stdout"], run
 

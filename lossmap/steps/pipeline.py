@@ -77,6 +77,7 @@ def _step_info(result) -> dict:
         "line": d.step.start_line,
         "compute_loss": d.nested.fn.__qualname__ if d.nested is not None else None,
         "wrapped_in_tf_function": bool(step.wrapped_in_tf_function) if step is not None else False,
+        **(getattr(d.words, "shown", None) or {}),  # a written-out step names the user's own (JAX)
     }
 
 
@@ -96,7 +97,8 @@ def _total(eng, result, rtol, atol) -> Total:
     diff, verified = compare(reproduced, [compute_loss, train_step], scale, rtol, atol)
     total = Total(reproduced=reproduced, compute_loss=compute_loss, train_step=train_step, max_abs_diff=diff,
                   rtol=rtol, atol=atol, verified=verified, path=path,
-                  summation=" | ".join(_objective_texts(result)))
+                  summation=getattr(result.decomposition.words, "summation", None)
+                  or " | ".join(_objective_texts(result)))
     total.gradients_verified = result.gradients_verified
     return total
 

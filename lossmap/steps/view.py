@@ -44,7 +44,10 @@ def keras_view(analysis):
 
 def step_views(analysis, result) -> list:
     d = result.decomposition
-    views = [_view(analysis, result, d, "user_step", _title(d))]
+    if getattr(d.words, "train_step", None) is not None:  # a written-out step: show the user's own (JAX)
+        views = [_written_out_view(result, d, _title(d))]
+    else:
+        views = [_view(analysis, result, d, "user_step", _title(d))]
     if d.nested is not None:
         views.append(_view(analysis, result, d.nested, "user_compute_loss", "Your compute_loss override"))
     return views
@@ -74,6 +77,29 @@ def _view(analysis, result, d: Decomposition, key, title):
     return Step(key=key, title=title, explanation=_explanation(d), file=step.file,
                 display_path=display_path(step.file), qualname=d.fn.__qualname__, start_line=step.start_line,
                 end_line=step.end_line, lines=lines)
+
+
+def _written_out_view(result, d: Decomposition, title):
+    """The user's train_step as written, for a step lossmap runs written out (`d.words`, JAX's
+    `differentiated_function`): the line that differentiates and the line that applies, highlighted."""
+    import inspect
+
+    from lossmap.sources import SourceLine, Step, display_path
+
+    words = d.words
+    text, start = inspect.getsourcelines(words.train_step)
+    value = result.objectives[0]["value"] if result.objectives else None
+    notes = {words.shown["line"]: f"differentiates {words.function.__qualname__}: loss = "
+                                  + ("n/a" if value is None else f"{value:.7g}") + " (its addends below)",
+             words.applied_line: "optimizer.stateless_apply: applies the gradient"}
+    lines = [SourceLine(start + i, line.rstrip("\n"), highlight=start + i in notes, note=notes.get(start + i),
+                        terms=[]) for i, line in enumerate(text)]
+    return Step(key="user_step", title=title, file=words.shown["file"],
+                explanation="Your train_step differentiates the function opened below; lossmap runs an "
+                            "instrumented copy of that function, replays it from the trainable values and "
+                            "differentiates each addend with jax.vjp, and verifies against this train_step as written.",
+                display_path=display_path(words.shown["file"]), qualname=words.train_step.__qualname__,
+                start_line=start, end_line=start + len(text) - 1, lines=lines)
 
 
 def _explanation(d: Decomposition) -> str:

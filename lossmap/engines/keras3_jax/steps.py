@@ -100,12 +100,30 @@ def differentiated_function(model):
         return None
     has_aux = any(a.keyword is not None and a.keyword.value == "has_aux" and m.matches(a.value, m.Name("True"))
                   for a in calls[0].args)
-    what = f"{fn.__qualname__} differentiated with jax.{calls[0].func.attr.value if isinstance(calls[0].func, cst.Attribute) else calls[0].func.value}"
+    how = calls[0].func.attr.value if isinstance(calls[0].func, cst.Attribute) else calls[0].func.value
+    what = f"{fn.__qualname__} differentiated with jax.{how}"
+    line = _line_of(source, calls[0], inspect.getsourcelines(step)[1])
+    returned = f"the first item {fn.__qualname__} returns (has_aux=True)" if has_aux else f"what {fn.__qualname__} returns"
     return types.SimpleNamespace(
         function=fn, adapt=_adapter(fn, has_aux), step=value_and_grad_step,
         title=f"Your train_step(state, data) override, as lossmap reads it ({what})",
         path=f"eager: {fn.__qualname__}'s instrumented copy, replayed and differentiated with jax.vjp, and the "
-             "model's real train_step(state, data) (its gradients)")
+             "model's real train_step(state, data) (its gradients)",
+        # what the output names as the step: the user's override, not the written-out step lossmap runs
+        shown={"function": step.__qualname__, "file": inspect.getsourcefile(step), "line": line},
+        train_step=step, applied_line=_line_of(source, m.findall(source, m.Attribute(attr=m.Name("stateless_apply")))[0],
+                                               inspect.getsourcelines(step)[1]),
+        summation=f"the loss is {returned}; {step.__qualname__} differentiates it with "
+                  f"jax.{how} (line {line}) and hands the gradients to optimizer.stateless_apply")
+
+
+def _line_of(module, node, first_line: int) -> int:
+    """The file line where `node` (found in `module`, the dedented source that starts at `first_line`) starts."""
+    import libcst as cst
+    from libcst.metadata import PositionProvider
+
+    wrapper = cst.metadata.MetadataWrapper(module, unsafe_skip_copy=True)
+    return first_line - 1 + wrapper.resolve(PositionProvider)[node].start.line
 
 
 def value_and_grad_step(model, x, y, sample_weight=None):
