@@ -15,23 +15,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from keras import layers, ops, regularizers  # noqa: E402
+from keras import layers, regularizers  # noqa: E402
 
-
-@keras.saving.register_keras_serializable(package="lossmap_examples")
-class SmoothnessPenalty(layers.Layer):
-    """Passes its input through and adds `rate * mean(x^2)` with `add_loss`."""
-
-    def __init__(self, rate=0.01, **kwargs):
-        super().__init__(**kwargs)
-        self.rate = rate
-
-    def call(self, x):
-        self.add_loss(self.rate * ops.mean(ops.square(x)))
-        return x
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate}
+from lossmap.examples import ActivationPenalty  # noqa: E402  (a layer that calls add_loss)
 
 
 def regularized():
@@ -39,7 +25,7 @@ def regularized():
     inputs = keras.Input(shape=(6,), name="features")
     x = layers.Dense(16, activation="relu", kernel_regularizer=regularizers.L2(1e-3), name="dense_1")(inputs)
     x = layers.Dense(16, activation="relu", activity_regularizer=regularizers.L1(1e-3), name="dense_2")(x)
-    x = SmoothnessPenalty(0.01, name="penalty")(x)
+    x = ActivationPenalty(0.01, name="penalty")(x)
     outputs = layers.Dense(1, name="out")(x)
     model = keras.Model(inputs, outputs, name="regularized")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
