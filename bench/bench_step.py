@@ -33,12 +33,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from importlib import metadata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import bench_check as bc  # noqa: E402  (the timing of a child and the machine, as the other benchmarks take them)
+
 BATCH_SIZE = 8
 CLASSES = 10
 TARGET_RATIO = 2.0  # the custom-code issue: explaining a custom step costs at most 2x running it once
@@ -277,7 +278,7 @@ def build(directory: str, size: int) -> dict:
 
 
 def ensure_models(cache_root: str, size: int, rebuild: bool) -> tuple[str, dict]:
-    directory = os.path.join(cache_root, f"step-{BUILD_VERSION}-{size}px-keras{_version('keras')}")
+    directory = os.path.join(cache_root, f"step-{BUILD_VERSION}-{size}px-keras{bc._version('keras')}")
     facts_path = os.path.join(directory, "model.json")
     if rebuild and os.path.isdir(directory):
         shutil.rmtree(directory)
@@ -313,24 +314,6 @@ def commands(directory: str, python: str) -> dict:
 
 
 # ---------------------------------------------------------------- timing
-def run_timed(cmd, env, nice=0):
-    """Wall seconds, CPU seconds (user + sys), peak RSS (MB) of one child, its exit code and output.
-
-    os.wait4 gives this child's own rusage (RUSAGE_CHILDREN's ru_maxrss is a maximum over all)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    cpu = usage.ru_utime + usage.ru_stime
-    return elapsed, cpu, usage.ru_maxrss / 1024.0, proc.returncode, stdout, stderr
-
-
 def reported_loss(name, stdout):
     """The training loss each command prints, to check they agree (handwritten: its last line;
     lossmap explain/check: the `train_step` line of the verification)."""
@@ -359,20 +342,13 @@ def _env():
     return env
 
 
-def _version(dist: str):
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _lossmap_version():
     try:
         sys.path.insert(0, REPO)
         import lossmap  # no TensorFlow: lossmap's __init__ imports it lazily
         return lossmap.__version__
     except Exception:  # noqa: BLE001
-        return _version("lossmap")
+        return bc._version("lossmap")
     finally:
         sys.path.remove(REPO)
 
@@ -383,24 +359,6 @@ def _git_commit():
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def _cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 # ---------------------------------------------------------------- stages (one instrumented run)
@@ -475,7 +433,7 @@ def main(argv=None) -> int:
     print(f"bench: train_step override: {ts['params']:,} parameters, {ts['expected_terms']} loss terms expected "
           f"(1 compiled + {ts['weight_regularizers']} L2 + 2 physics); step function: {sf['params']:,} parameters, "
           f"{sf['expected_terms']} terms expected (1 + {sf['weight_regularizers']} L2); input {args.size}x{args.size}x3, "
-          f"batch {BATCH_SIZE}; {_cpu_count()} CPUs", flush=True)
+          f"batch {BATCH_SIZE}; {bc._cpu_count()} CPUs", flush=True)
     times = {n: [] for n in names}
     cpu_times = {n: [] for n in names}
     rss = {n: [] for n in names}
@@ -485,7 +443,8 @@ def main(argv=None) -> int:
         order = names if i % 2 == 0 else names[::-1]
         timed = i >= args.warmup
         for name in order:
-            elapsed, cpu, peak, code, stdout, stderr = run_timed(cmds[name][1], env, args.nice)
+            elapsed, cpu, peak, proc = bc.run_timed(cmds[name][1], env, args.nice)
+            peak, code, stdout, stderr = peak / 2 ** 20, proc.returncode, proc.stdout, proc.stderr
             label = f"run {i - args.warmup + 1}/{args.repeats}" if timed else "warm-up"
             load = os.getloadavg()[0]
             loads.append(load)
@@ -523,7 +482,7 @@ def main(argv=None) -> int:
     print(f"\nratio lossmap / handwritten of its case (median wall; target <= {TARGET_RATIO}): " + "; ".join(
         f"{n} {ratio[n]:.2f} ({'meets' if ok else 'MISSES'})" for n, ok in meets.items()))
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}, during: "
-          f"{min(loads):.2f}-{max(loads):.2f} on {_cpu_count()} CPUs"
+          f"{min(loads):.2f}-{max(loads):.2f} on {bc._cpu_count()} CPUs"
           + ("  (other work was running: wall times are inflated)" if max(loads) > 1.5 else ""))
     print("training loss printed: " + ", ".join(f"{n} {losses.get(n)}" for n in names))
     for name, lines in verdicts.items():
@@ -538,14 +497,14 @@ def main(argv=None) -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": "python bench/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": {
-                "cpu_count": _cpu_count(),
+                "cpu_count": bc._cpu_count(),
                 "os_cpu_count": os.cpu_count(),
-                "cpu_model": _cpu_model(),
+                "cpu_model": bc._cpu_model(),
                 "platform": platform.platform(),
                 "python": platform.python_version(),
             },
             "versions": {"lossmap": _lossmap_version(), "lossmap_commit": _git_commit(),
-                         **{d: _version(d) for d in ("keras", "tensorflow", "tensorflow-cpu", "numpy")}},
+                         **{d: bc._version(d) for d in ("keras", "tensorflow", "tensorflow-cpu", "numpy")}},
             "models": facts,
             "repeats": args.repeats,
             "warmup": args.warmup,
