@@ -24,7 +24,7 @@ import os
 import libcst as cst
 import libcst.matchers as m
 
-from lossmap.engine_diff import citation, where
+from lossmap.engine_diff import _fmt, citation, where  # one way to print a value in both comparisons
 from lossmap.engines.common.anchor_kit import assign_to, call_attr
 
 LABEL = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
@@ -131,14 +131,6 @@ class Comparison:
 
 def _values(row) -> str:
     return ", ".join(f"{LABEL.get(b, b)} {_fmt(v['value'])}" for b, v in row["values"].items() if v is not None)
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return f"{v:.6g}"
 
 
 # ---------------------------------------------------------------- the differences, one check each
