@@ -84,10 +84,12 @@ def differentiated_function(model):
     if step is None or list(inspect.signature(step).parameters)[1:] != ["state", "data"]:
         return None
     try:
-        source = cst.parse_module(textwrap.dedent(inspect.getsource(step)))
+        text, first_line = inspect.getsourcelines(step)
+        source = cst.parse_module(textwrap.dedent("".join(text)))
     except (OSError, TypeError, cst.ParserSyntaxError):
         return None
-    if not m.findall(source, m.Attribute(attr=m.Name("stateless_apply"))):
+    applies = m.findall(source, m.Attribute(attr=m.Name("stateless_apply")))
+    if not applies:
         return None
     grad = m.Call(func=m.Attribute(value=m.Name("jax"), attr=m.Name("value_and_grad") | m.Name("grad"))
                   | m.Name("value_and_grad") | m.Name("grad"))
@@ -102,7 +104,7 @@ def differentiated_function(model):
                   for a in calls[0].args)
     how = calls[0].func.attr.value if isinstance(calls[0].func, cst.Attribute) else calls[0].func.value
     what = f"{fn.__qualname__} differentiated with jax.{how}"
-    line = _line_of(source, calls[0], inspect.getsourcelines(step)[1])
+    line, applied_line = _lines_of(source, [calls[0], applies[0]], first_line)
     returned = f"the first item {fn.__qualname__} returns (has_aux=True)" if has_aux else f"what {fn.__qualname__} returns"
     return types.SimpleNamespace(
         function=fn, adapt=_adapter(fn, has_aux), step=value_and_grad_step,
@@ -111,19 +113,18 @@ def differentiated_function(model):
              "model's real train_step(state, data) (its gradients)",
         # what the output names as the step: the user's override, not the written-out step lossmap runs
         shown={"function": step.__qualname__, "file": inspect.getsourcefile(step), "line": line},
-        train_step=step, applied_line=_line_of(source, m.findall(source, m.Attribute(attr=m.Name("stateless_apply")))[0],
-                                               inspect.getsourcelines(step)[1]),
+        train_step=step, applied_line=applied_line,
         summation=f"the loss is {returned}; {step.__qualname__} differentiates it with "
                   f"jax.{how} (line {line}) and hands the gradients to optimizer.stateless_apply")
 
 
-def _line_of(module, node, first_line: int) -> int:
-    """The file line where `node` (found in `module`, the dedented source that starts at `first_line`) starts."""
+def _lines_of(module, nodes, first_line: int) -> list:
+    """The file lines where `nodes` (found in `module`, the dedented source that starts at `first_line`) start."""
     import libcst as cst
     from libcst.metadata import PositionProvider
 
-    wrapper = cst.metadata.MetadataWrapper(module, unsafe_skip_copy=True)
-    return first_line - 1 + wrapper.resolve(PositionProvider)[node].start.line
+    positions = cst.metadata.MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    return [first_line - 1 + positions[node].start.line for node in nodes]
 
 
 def value_and_grad_step(model, x, y, sample_weight=None):
