@@ -102,6 +102,45 @@ def jax_total_gradient_norm(model, xs, ys, sw):
     return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in grads)))
 
 
+def deferred_loading(out_dir, archive, batch_path):
+    """lossmap's JAX load (initial values deferred) against `keras.saving.load_model`, variable by variable,
+    for an untrained archive (the optimizer's slots are never assigned) and a trained one (they are); and
+    `initial_values_deferred` on hand-made variables."""
+    import keras
+    import numpy as np
+
+    import lossmap.load
+    from lossmap.engines.common.initial_values import initial_values_deferred
+
+    data = np.load(batch_path)
+    trained = everything_model()
+    trained.train_on_batch(data["x"], [data["y/flag"], data["y/kind"], data["y/level"]])
+    trained_archive = os.path.join(out_dir, "everything_trained.keras")
+    trained.save(trained_archive)
+    out = {}
+    for name, path in (("untrained", archive), ("trained", trained_archive)):
+        theirs = keras.saving.load_model(path, custom_objects=None)
+        ours = lossmap.load.load(path, imports=("lossmap.examples",)).model
+        values = [[value for _, value in state_of(m)[0]] for m in (ours, theirs)]  # paths: Keras's name counters
+        out[name] = {"equal": values[0] == values[1], "variables": len(values[0]), "optimizer_built": state_of(ours)[1]}
+    seeded = keras.initializers.RandomNormal(seed=7)
+    with initial_values_deferred():
+        unassigned = keras.Variable(seeded, shape=(3, 4), name="unassigned")
+        overwritten = keras.Variable(seeded, shape=(3, 4), name="overwritten")
+        overwritten.assign(np.full((3, 4), 5.0, "float32"))
+        ones = keras.Variable(keras.initializers.Ones(), shape=(2,), name="ones")
+        half = keras.Variable(keras.initializers.Zeros(), shape=(2,), dtype="bfloat16", name="half")
+        during = np.array(unassigned.value).tolist()
+    out["variables"] = {
+        "zeros_before_exit": during == np.zeros((3, 4)).tolist(),
+        "unassigned_is_its_initializer": np.array_equal(np.array(unassigned.value), np.array(seeded((3, 4)))),
+        "overwritten_kept": np.array(overwritten.value).tolist() == np.full((3, 4), 5.0).tolist(),
+        "ones": np.array(ones.value).tolist(), "bfloat16": [str(half.dtype), np.array(half.value, "float32").tolist()],
+        "patch_removed": type(keras.Variable((1.0,)))._initialize_with_initializer.__qualname__,
+    }
+    return out
+
+
 def analyses(out_dir):
     import lossmap
 
@@ -128,6 +167,7 @@ def analyses(out_dir):
     res["live_everything"] = {"verified": live.total.verified, "state_restored": live.state_restored,
                               "bit_identical": state_of(model) == before,
                               "terms": [[t.id, t.kind, t.contribution] for t in live.terms]}
+    res["deferred_loading"] = deferred_loading(out_dir, archive, batch)
     eng = lossmap.load.load(model).engine
     sig = eng.signature(model)
     from lossmap import batch as batch_module

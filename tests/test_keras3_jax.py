@@ -91,6 +91,17 @@ def test_the_model_is_bit_identical_after_the_analysis(analyses):
     assert live["verified"] and live["state_restored"] and live["bit_identical"]
 
 
+def test_loading_without_initial_values_gives_keras_s_variables_bit_for_bit(analyses):
+    loaded = analyses["deferred_loading"]
+    for archive in ("untrained", "trained"):
+        assert loaded[archive]["equal"], archive
+        assert loaded[archive]["optimizer_built"] and loaded[archive]["variables"] > 10
+    made = loaded["variables"]
+    assert made["zeros_before_exit"] and made["unassigned_is_its_initializer"] and made["overwritten_kept"]
+    assert made["ones"] == [1.0, 1.0] and made["bfloat16"] == ["bfloat16", [0.0, 0.0]]
+    assert made["patch_removed"] == "JaxVariable._initialize_with_initializer"
+
+
 def test_per_term_gradients_add_up_to_jaxs_own_gradient(analyses):
     live = analyses["live_everything"]
     g = live["gradients"]

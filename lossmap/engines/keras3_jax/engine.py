@@ -18,6 +18,7 @@ No TensorFlow is imported on this path.
 """
 from __future__ import annotations
 
+from lossmap.engines.common.initial_values import initial_values_deferred
 from lossmap.engines.keras3.engine import Keras3Engine
 from lossmap.engines.keras3_jax import capture as _capture, state as _state, steps as _steps, train_step as _train_step
 from lossmap.engines.keras3_jax.rules import KERAS3_JAX
@@ -32,6 +33,12 @@ class Keras3JaxEngine(Keras3Engine):
     steps_module = _steps
     capture_module, train_step_module, state_module = _capture, _train_step, _state
     anchors_module, citations_module = "lossmap.engines.keras3_jax.anchors", "lossmap.engines.keras3_jax.citations"
+
+    def load_archive(self, path: str, safe_mode: bool):
+        """`load_model` without compiling the initial values the archive overwrites (on JAX most of a
+        load's time; `lossmap.engines.common.initial_values`)."""
+        with initial_values_deferred():
+            return super().load_archive(path, safe_mode)
 
     def summation(self) -> str:
         return (super().summation() + "; JAXTrainer.train_step differentiates it with jax.value_and_grad "
