@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: report test bench bench-torch site clean
+.PHONY: report test bench bench-jax bench-torch site clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_check.py
 
-# the same bench model on Keras 3 with PyTorch (bench/README.md)
+# the same bench model on Keras 3 with JAX and with PyTorch (bench/README.md)
+bench-jax: $(STAMP)
+	$(BIN)/python bench/bench_backend.py --backend jax
+
 bench-torch: $(STAMP)
-	$(BIN)/python bench/bench_torch.py
+	$(BIN)/python bench/bench_backend.py --backend torch --warmup 1
 
 # The learning site (site/README.md): every page from models lossmap analyses now, into _site/
 site: $(STAMP)

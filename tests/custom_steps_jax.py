@@ -5,7 +5,9 @@ on JAX too, and lossmap explains it there.) `stateless_step` (explained on JAX: 
 handed to `jax.value_and_grad` returns, split into addends): a `train_step(self, state, data)` override as
 Keras's "customizing fit() with JAX" guide writes it: `jax.value_and_grad` of a method that runs
 `stateless_call` and `compute_loss`, then `optimizer.stateless_apply` and the metrics' stateless
-updates, returning the new state.
+updates, returning the new state. `stateless_penalised` (explained on JAX): an override of
+`stateless_compute_loss`, the method `JAXTrainer.compute_loss_and_updates` gets the loss from, adding a
+penalty to what Keras's own returns.
 """
 import os
 
@@ -80,5 +82,27 @@ def noisy_penalised():
     h = layers.Dropout(0.3, name="drop")(h)
     out = layers.Dense(2, name="out")(h)
     model = NoisyPenalisedModel(inputs, out, name="noisy_penalised")
+    model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
+    return model
+
+
+class StatelessPenalisedModel(keras.Model):
+    """A `stateless_compute_loss` override: Keras's loss (compiled + the L2 regularizer) + 0.2 * mean(y_pred^2)."""
+
+    def stateless_compute_loss(self, trainable_variables, non_trainable_variables, metrics_variables,
+                               x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss, variables = super().stateless_compute_loss(
+            trainable_variables, non_trainable_variables, metrics_variables,
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        penalty = keras.ops.mean(keras.ops.square(y_pred))
+        return loss + 0.2 * penalty, variables
+
+
+def stateless_penalised():
+    same_weights(7)
+    inputs = keras.Input(shape=(4,), name="x")
+    h = layers.Dense(6, activation="tanh", kernel_regularizer=regularizers.L2(1e-2), name="hidden")(inputs)
+    out = layers.Dense(2, name="out")(h)
+    model = StatelessPenalisedModel(inputs, out, name="stateless_penalised")
     model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
     return model

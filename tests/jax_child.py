@@ -197,6 +197,7 @@ def analyses(out_dir):
     res["compute_loss"] = compute_loss_override()
     res["stateless_step"] = stateless_step_override()
     res["noisy_compute_loss"] = noisy_compute_loss()
+    res["stateless_compute_loss"] = stateless_compute_loss_override()
     return res
 
 
@@ -212,6 +213,45 @@ def noisy_compute_loss():
     return {"verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
             "bit_identical": state_of(model) == before, "kinds": sorted(t.kind for t in a.terms),
             "findings": [f.code for f in a.findings]}
+
+
+def stateless_compute_loss_override():
+    """custom_steps_jax.py's `stateless_penalised`: Keras's terms found inside the override's `super()` call, the
+    penalty as a custom term, each addend's value and gradient next to `jax.grad` of it written out here."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import custom_steps_jax
+    import lossmap
+
+    model = custom_steps_jax.stateless_penalised()
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((6, 4)).astype("float32"), rng.standard_normal((6, 2)).astype("float32")
+    before = state_of(model)
+    a = lossmap.analyse(model, (x, y))
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    kernel = model.get_layer("hidden").kernel
+    index = next(i for i, v in enumerate(model.trainable_variables) if v is kernel)
+
+    def y_pred(t):
+        return model.stateless_call(t, ntv, jnp.asarray(x), training=True)[0]
+
+    addends = {"compiled/out": lambda t: jnp.mean(jnp.square(jnp.asarray(y) - y_pred(t))),
+               "regularizer/hidden/kernel": lambda t: 1e-2 * jnp.sum(jnp.square(t[index])),
+               "custom/penalty": lambda t: 0.2 * jnp.mean(jnp.square(y_pred(t)))}
+    norm = lambda gs: float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in gs)))  # noqa: E731
+    return {"verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
+            "reproduced": a.total.reproduced, "train_step": a.total.train_step, "path": a.total.path,
+            "bit_identical": state_of(model) == before, "findings": [f.code for f in a.findings],
+            "custom_compute_loss": a.model.custom_compute_loss,
+            "terms": {t.id: {"kind": t.kind, "contribution": t.contribution, "weight": t.weight,
+                             "expression": getattr(t, "expression", None), "source": getattr(t, "source", None)}
+                      for t in a.terms},
+            "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},
+            "views": [v.title for v in a.step_view],
+            "jax": {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}}
 
 
 def stateless_step_override():

@@ -177,6 +177,35 @@ def test_a_compute_loss_override_with_dropout_and_activity_losses_verifies_its_g
     assert {"custom", "compiled", "activity_regularizer", "weight_regularizer"} <= set(r["kinds"]), r["kinds"]
 
 
+def _line_of(text: str) -> int:
+    """The 1-based line of tests/custom_steps_jax.py that holds `text` (once)."""
+    with open(os.path.join(HERE, "custom_steps_jax.py"), encoding="utf-8") as fh:
+        found = [i for i, line in enumerate(fh, 1) if text in line]
+    assert len(found) == 1, (text, found)
+    return found[0]
+
+
+def test_a_stateless_compute_loss_override_is_split_verified_and_attributed_on_jax(analyses):
+    """`stateless_compute_loss` is where JAXTrainer gets its loss: an override of it is custom code. Keras's terms
+    come from its `loss, variables = super().stateless_compute_loss(...)`, the penalty is a custom term; values and
+    gradients match jax.grad of each addend written out independently."""
+    r = analyses["stateless_compute_loss"]
+    assert r["custom_compute_loss"] and r["verified"] and r["gradients_verified"] and r["bit_identical"], r
+    terms = r["terms"]
+    assert set(terms) == {"compiled/out", "regularizer/hidden/kernel", "custom/penalty"}, terms
+    assert terms["custom/penalty"]["expression"] == "0.2 * penalty" and terms["custom/penalty"]["weight"] == 0.2
+    assert terms["custom/penalty"]["source"]["function"] == "StatelessPenalisedModel.stateless_compute_loss"
+    keras_line = _line_of("loss, variables = super().stateless_compute_loss(")
+    assert terms["compiled/out"]["source"]["line"] == terms["regularizer/hidden/kernel"]["source"]["line"] == keras_line
+    assert terms["custom/penalty"]["source"]["line"] == _line_of("penalty = keras.ops.mean(")
+    for name, jax_side in r["jax"].items():
+        assert math.isclose(terms[name]["contribution"], jax_side["value"], rel_tol=1e-5), name
+        assert math.isclose(r["gradients"][name], jax_side["norm"], rel_tol=1e-5), (name, r["gradients"], jax_side)
+    assert math.isclose(r["reproduced"], r["train_step"], rel_tol=1e-6)
+    assert "MODEL_LOSSES_IGNORED" not in r["findings"] and "TOTAL_MISMATCH" not in r["findings"]
+    assert any("stateless_compute_loss" in title for title in r["views"]), r["views"]
+
+
 def test_a_guide_style_train_step_override_is_split_verified_and_attributed_on_jax(analyses):
     """Keras's JAX guide: `jax.value_and_grad(self.loss_and_updates, has_aux=True)` then `stateless_apply`. The
     loss is what the differentiated function returns first; its addends are valued, the total verified against
@@ -189,8 +218,9 @@ def test_a_guide_style_train_step_override_is_split_verified_and_attributed_on_j
     assert set(terms) == {"compiled/out", "regularizer/hidden/kernel", "custom/smooth"}, terms
     smooth = terms["custom/smooth"]
     assert smooth["kind"] == "custom" and smooth["weight"] == 0.1 and smooth["expression"] == "0.1 * smooth"
-    assert smooth["source"]["line"] == 28 and smooth["source"]["function"] == "StatelessStepModel.loss_and_updates"
-    assert terms["compiled/out"]["source"]["line"] == 27
+    assert smooth["source"]["line"] == _line_of("smooth = keras.ops.mean(keras.ops.square(")
+    assert smooth["source"]["function"] == "StatelessStepModel.loss_and_updates"
+    assert terms["compiled/out"]["source"]["line"] == _line_of("data_loss = self.compute_loss(x, y, y_pred)")
     total = sum(t["contribution"] for t in terms.values())
     assert math.isclose(total, r["reproduced"], rel_tol=1e-9)
     assert math.isclose(r["reproduced"], r["train_step"], rel_tol=1e-6), r

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from lossmap.steps.syntax import KERAS_LOSS_PAIR_METHODS
+
 
 @dataclass
 class GradientRecord:
@@ -134,7 +136,9 @@ class Recorder:
         return value
 
     def keras_loss(self, ids, fn, *args, **kwargs):
-        result = fn(*args, **kwargs)
+        returned = fn(*args, **kwargs)
+        # `loss, aux = self.stateless_compute_loss(...)`: the step gets the pair, the term is its loss
+        result = returned[0] if getattr(fn, "__name__", "") in KERAS_LOSS_PAIR_METHODS else returned
         call = KerasCall(fn, args, kwargs, result)
         if self.expand_keras is not None:
             try:
@@ -145,7 +149,7 @@ class Recorder:
             self.keras_calls[i] = call
             self.values[i] = result
             self.counts[("value", i)] += 1
-        return result
+        return returned
 
     def losses(self, ids, value):
         captured = None

@@ -33,16 +33,16 @@ Rules (each is structure, read with libcst; nothing is guessed from names):
 """
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import libcst as cst
 
-from lossmap.steps.read import Statement, StepSource, dotted, last_name, names_read, positional
+from lossmap.steps.read import StepSource, last_name, names_read, positional
+from lossmap.steps.syntax import (KERAS_LOSS_METHODS, SUM_CALLS, assigned_value, defaulted_names, expression_text,
+                                  inner_blocks, is_composite, literal_number, one_line, short_name,
+                                  unpacked_keras_loss)
 
-SUM_CALLS = ("add_n", "sum", "reduce_sum", "fsum")
-KERAS_LOSS_METHODS = ("compute_loss", "compiled_loss", "_compute_loss")
 MAX_DEPTH = 40  # names followed back through at most this many assignments
 
 
@@ -197,8 +197,11 @@ class _Splitter:
         if found is None:
             return None  # a parameter or a name from outside: one addend where it is used
         stmt, use = found
-        inner = _inner_blocks(stmt, use)
-        value = _assigned_value(stmt, node.value)
+        pair = unpacked_keras_loss(stmt, node.value)
+        if pair is not None and not inner_blocks(stmt, use):
+            return [self.leaf(pair, ctx, kind="keras_loss", keras_method=pair.func.attr.value, value_line=stmt.line)]
+        inner = inner_blocks(stmt, use)
+        value = assigned_value(stmt, node.value)
         if value is None:
             return [self.leaf(node, ctx, value_line=stmt.line)]
         if inner:
@@ -223,7 +226,7 @@ class _Splitter:
                 return [self._augmented_leaf(stmt, at_def)]
             right = at_def if isinstance(op, cst.AddAssign) else _scaled(at_def, -1.0, ("-", "neg"))
             return self._value_before(stmt, name, at_def) + self.expand(node.value, right)
-        value = _assigned_value(stmt, name)
+        value = assigned_value(stmt, name)
         if self.splits(value, stmt.index) or self._scaled_name(value, at_def):
             return self.expand(value, at_def)
         addend = self.leaf(value, at_def, value_line=stmt.line)
@@ -234,7 +237,7 @@ class _Splitter:
         """The addends of `name`'s value just before `stmt` (`name += ...`): its earlier definition, or
         (a parameter, a global, a loop) the name itself, recorded by rewriting `stmt` as `name = name + ...`."""
         found = self.reaching_definition(name, stmt.index)
-        if found is not None and not _inner_blocks(*found) and _assigned_value(found[0], name) is not None:
+        if found is not None and not inner_blocks(*found) and assigned_value(found[0], name) is not None:
             return self._value_after(found[0], name, ctx)
         return [self._augmented_leaf(stmt, ctx)]
 
@@ -272,15 +275,15 @@ class _Splitter:
         if isinstance(node, cst.UnaryOperation):
             return self.splits(node.expression, statement, depth + 1)
         if isinstance(node, cst.Call):
-            return _is_composite(node)
+            return is_composite(node)
         if isinstance(node, cst.Name):
             found = self.reaching_definition(node.value, statement)
-            if found is None or _inner_blocks(*found):
+            if found is None or inner_blocks(*found):
                 return False
             stmt = found[0]
             if isinstance(stmt.node, cst.AugAssign):
                 return isinstance(stmt.node.operator, (cst.AddAssign, cst.SubtractAssign))
-            value = _assigned_value(stmt, node.value)
+            value = assigned_value(stmt, node.value)
             return value is not None and self.splits(value, stmt.index, depth + 1)
         return False
 
@@ -295,19 +298,19 @@ class _Splitter:
 
     def _coefficient_kind(self, node, ctx) -> str:
         """"number" (in the source), "outside" (a value the step does not compute) or "computed"."""
-        if _number(node) is not None:
+        if literal_number(node) is not None:
             return "number"
         root = node
         while isinstance(root, (cst.Attribute, cst.Subscript)):
             root = root.value
         if isinstance(root, cst.Name) and not isinstance(node, cst.Call):
-            computed = root.value in self.step.locals and root.value not in _defaulted(self.step) \
+            computed = root.value in self.step.locals and root.value not in defaulted_names(self.step) \
                 and root.value not in ("self",)
             return "computed" if computed else "outside"
         return "computed"
 
     def _with_coefficient(self, node, op, ctx) -> _Context:
-        number = _number(node)
+        number = literal_number(node)
         text = self.step.code(node)
         if number is not None:
             value = number if op == "mul" else (1.0 / number if number else float("inf"))
@@ -323,12 +326,12 @@ class _Splitter:
 
     def leaf(self, node, ctx, *, kind="custom", value_line=None, reason=None, undecided=None,
              keras_method=None) -> Addend:
-        value_text = self.step.code(node)
+        value_text = one_line(self.step.code(node))
         line = self.step.line_of(node)
         addend = Addend(
             id=len(self.addends), objective=ctx.objective, kind=kind,
-            expression=_expression(ctx.coef_texts, value_text), value_text=value_text,
-            name=_short_name(node, value_text, kind, keras_method), line=line,
+            expression=expression_text(ctx.coef_texts, value_text), value_text=value_text,
+            name=short_name(node, value_text, kind, keras_method), line=line,
             value_line=value_line or line, statement=ctx.statement, literal=ctx.literal,
             factors=list(ctx.factors), value_node=node, undecided=undecided, keras_method=keras_method,
             reason=reason)
@@ -387,89 +390,6 @@ def _scaled(ctx: _Context, factor: float, text_op) -> _Context:
 
 def _deeper(ctx: _Context) -> _Context:
     return replace(ctx, depth=ctx.depth + 1)
-
-
-def _number(node) -> Optional[float]:
-    """The value of a numeric literal (signs and arithmetic of literals included), else None."""
-    if isinstance(node, (cst.Integer, cst.Float)):
-        return float(ast.literal_eval(node.value))
-    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, (cst.Minus, cst.Plus)):
-        inner = _number(node.expression)
-        if inner is None:
-            return None
-        return -inner if isinstance(node.operator, cst.Minus) else inner
-    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Multiply, cst.Divide)):
-        a, b = _number(node.left), _number(node.right)
-        if a is None or b is None:
-            return None
-        return a * b if isinstance(node.operator, cst.Multiply) else (a / b if b else None)
-    return None
-
-
-def _defaulted(step: StepSource) -> set:
-    """Parameters with a default value: hyperparameters (`lam=0.1`), not batch tensors."""
-    params = step.function.params
-    return {p.name.value for p in list(params.params) + list(params.kwonly_params) if p.default is not None}
-
-
-def _is_composite(node) -> bool:
-    """An expression the splitter opens: a sum, a signed or scaled expression, a list sum, a Keras loss call."""
-    if isinstance(node, (cst.BinaryOperation, cst.UnaryOperation)):
-        return True
-    if isinstance(node, cst.Call):
-        name = last_name(node.func)
-        if name in SUM_CALLS:
-            arg = positional(node, 0)
-            return isinstance(arg, (cst.List, cst.Tuple)) or (isinstance(arg, cst.Attribute) and arg.attr.value == "losses")
-        return isinstance(node.func, cst.Attribute) and name in KERAS_LOSS_METHODS
-    return False
-
-
-def _assigned_value(stmt: Statement, name: str):
-    node = stmt.node
-    if isinstance(node, cst.Assign) and len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
-        return node.value
-    if isinstance(node, cst.AnnAssign) and isinstance(node.target, cst.Name) and node.value is not None:
-        return node.value
-    if isinstance(node, cst.AugAssign) and isinstance(node.target, cst.Name):
-        return node.value
-    return None  # tuple unpacking, `for` targets, ...: one value
-
-
-def _inner_blocks(stmt: Statement, use: Statement) -> tuple:
-    """The loops and branches around `stmt` that do not also enclose `use`."""
-    common = 0
-    while common < min(len(stmt.blocks), len(use.blocks)) and stmt.blocks[common] == use.blocks[common]:
-        common += 1
-    return stmt.blocks[common:]
-
-
-def _expression(coef_texts, value_text) -> str:
-    sign = ""
-    parts = []
-    for text, op in coef_texts:
-        if op == "neg":
-            sign = "" if sign else "-"
-        elif op == "mul":
-            parts.append(f"{text} * ")
-    tail = "".join(f" / {text}" for text, op in coef_texts if op == "div")
-    return f"{sign}{''.join(parts)}{value_text}{tail}"
-
-
-def _short_name(node, text, kind, keras_method) -> str:
-    if kind == "keras_loss":
-        return keras_method
-    if kind == "model_losses":
-        return "model.losses"
-    name = dotted(node)
-    if name is not None:
-        return name.split(".")[-1] if name.startswith("self.") else name
-    if isinstance(node, cst.Call):
-        called = dotted(node.func)
-        if called is not None:
-            return called.split(".")[-1]
-    cleaned = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in text)
-    return "_".join(p for p in cleaned.split("_") if p)[:40] or "term"
 
 
 def dependencies(step: StepSource, node, statement: int, limit: int = 200) -> list:

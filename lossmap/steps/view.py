@@ -49,7 +49,8 @@ def step_views(analysis, result) -> list:
     else:
         views = [_view(analysis, result, d, "user_step", _title(d))]
     if d.nested is not None:
-        views.append(_view(analysis, result, d.nested, "user_compute_loss", "Your compute_loss override"))
+        title = getattr(d.words, "nested_title", None) or "Your compute_loss override"
+        views.append(_view(analysis, result, d.nested, "user_compute_loss", title))
     return views
 
 

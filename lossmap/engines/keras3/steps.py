@@ -45,18 +45,26 @@ def probe(engine, model):
     return _capture._LossProbe(model)
 
 
-KERAS_LOSS_SIGNATURES = {"compute_loss": "compute_loss", "_compute_loss": "compute_loss"}
+# the Trainer method whose signature binds a call's arguments (x, y, y_pred, sample_weight)
+KERAS_LOSS_SIGNATURES = {"compute_loss": "compute_loss", "_compute_loss": "compute_loss",
+                         "stateless_compute_loss": "stateless_compute_loss"}
+
+
+def bound_loss_arguments(call) -> dict:
+    """A Keras loss method call's arguments by name, as that method's signature binds them."""
+    from keras.src.trainers.trainer import Trainer
+
+    name = KERAS_LOSS_SIGNATURES[getattr(call.fn, "__name__", "")]
+    return inspect.signature(getattr(Trainer, name)).bind(None, *call.args, **call.kwargs).arguments
 
 
 def expand_keras_loss(engine, model, sig, call, loss_probe) -> Expansion:
     """`compute_loss(x, y, y_pred, sample_weight)` as Keras computes it: `CompileLoss` on (y, y_pred,
     sample_weight) plus every entry of `model.losses`. Runs inside the user's tape."""
-    from keras.src.trainers.trainer import Trainer
-
     name = getattr(call.fn, "__name__", "")
     if name not in KERAS_LOSS_SIGNATURES:
         raise ValueError(f"{name} is not a Keras 3 loss method lossmap expands")
-    bound = inspect.signature(Trainer.compute_loss).bind(None, *call.args, **call.kwargs).arguments
+    bound = bound_loss_arguments(call)
     ys, y_pred, sw = bound.get("y"), bound.get("y_pred"), bound.get("sample_weight")
     compiled = _capture._compiled_captures(engine, model, sig, ys, y_pred, sw) if y_pred is not None else []
     normalised = loss_probe.saw_activity and _capture.activity_loss_divided_by_batch()

@@ -169,9 +169,10 @@ def _replayed_expansion(model, call, losses, regularized):
     """A Keras `compute_loss` call's terms from traced values, in the order of the eager expansion
     (`keras3.steps.expand_keras_loss`): compiled, then each `add_loss` entry, and the regularizers."""
     import keras
-    from keras.src.trainers.trainer import Trainer
 
-    bound = inspect.signature(Trainer.compute_loss).bind(None, *call.args, **call.kwargs).arguments
+    from lossmap.engines.keras3.steps import bound_loss_arguments
+
+    bound = bound_loss_arguments(call)
     ys, y_pred, sw = bound.get("y"), bound.get("y_pred"), bound.get("sample_weight")
     tensors = compiled_targets(types.SimpleNamespace(keras=keras), model, ys, y_pred, sw) if y_pred is not None else []
     tensors += [model._aggregate_additional_loss(t) for t in losses[: len(losses) - len(regularized)]]

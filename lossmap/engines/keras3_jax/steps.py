@@ -36,10 +36,22 @@ from lossmap.engines.keras3.steps import (  # noqa: F401  (the engine reads them
 
 
 def overrides(model) -> dict:
-    """{"train_step": function or None, "compute_loss": function or None}: against `JAXTrainer`."""
+    """{"train_step": function or None, "compute_loss": function or None}: against `JAXTrainer`. An override
+    of `stateless_compute_loss` (where `JAXTrainer.compute_loss_and_updates` gets the loss) counts as one of
+    `compute_loss`: both decide what the step differentiates (`stateless_compute_loss_override`)."""
     from keras.src.backend.jax.trainer import JAXTrainer
 
-    return _keras3_steps.overrides(model, JAXTrainer)
+    found = _keras3_steps.overrides(model, JAXTrainer)
+    if found["compute_loss"] is None:
+        found["compute_loss"] = _stateless_compute_loss(model)
+    return found
+
+
+def _stateless_compute_loss(model):
+    from keras.src.trainers.trainer import Trainer
+
+    fn = getattr(type(model), "stateless_compute_loss", None)
+    return fn if fn is not None and fn is not Trainer.stateless_compute_loss else None
 
 
 def refusal(model, step_fn):
@@ -68,6 +80,66 @@ def refusal(model, step_fn):
 
 
 def differentiated_function(model):
+    """What the step differentiates, when it is a function of the user's other than `compute_loss`: a guide-style
+    `train_step(state, data)` override's (`guide_train_step`), or a `stateless_compute_loss` override's
+    (`stateless_compute_loss_override`); else None."""
+    return guide_train_step(model) or stateless_compute_loss_override(model)
+
+
+def stateless_compute_loss_override(model):
+    """A `stateless_compute_loss` override (and no `train_step` or `compute_loss` one), read like an overridden
+    `compute_loss`: Keras's default step, whose `compute_loss` call opens into the override's instrumented copy,
+    called with the variables' values (the replay's, inside its `StatelessScope`) and the call's `x`, `y`,
+    `y_pred` and `sample_weight`; the loss is the first item it returns. Verified against the model's real
+    `JAXTrainer.train_step(state, data)`, which calls the override from `compute_loss_and_updates`."""
+    found = _keras3_steps.overrides(model, _jax_trainer())
+    fn = _stateless_compute_loss(model)
+    if fn is None or found["train_step"] is not None or found["compute_loss"] is not None:
+        return None
+    from lossmap.steps import default_step
+
+    return types.SimpleNamespace(
+        function=fn, adapt=_stateless_adapter(fn), step=default_step.keras_train_step,
+        title=f"Keras's train_step, as lossmap reads it (your model overrides stateless_compute_loss, "
+              f"{fn.__qualname__})",
+        nested_title=f"Your stateless_compute_loss override ({fn.__qualname__})",
+        path=f"eager: Keras's default train_step written out, its compute_loss call opening into "
+             f"{fn.__qualname__}'s instrumented copy (replayed and differentiated with jax.vjp), and the model's "
+             "real train_step(state, data) (its gradients)",
+        shown=None, train_step=None, applied_line=None,
+        summation=f"the loss is the first item {fn.__qualname__} returns; JAXTrainer.train_step differentiates "
+                  "it (jax.value_and_grad of compute_loss_and_updates, which calls stateless_compute_loss) and "
+                  "hands the gradients to optimizer.stateless_apply")
+
+
+def _jax_trainer():
+    from keras.src.backend.jax.trainer import JAXTrainer
+
+    return JAXTrainer
+
+
+def _stateless_adapter(fn):
+    """The instrumented `stateless_compute_loss` as the model's `compute_loss` (`stateless_compute_loss_override`)."""
+
+    def adapt(instrumented):
+        def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            patched = model.__dict__.pop("compute_loss", None)  # Keras's, for the override's super() call
+            values = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables,
+                                                       model.metrics_variables)]
+            try:
+                out = instrumented(model, *values, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                   training=training)
+            finally:
+                if patched is not None:
+                    object.__setattr__(model, "compute_loss", patched)
+            return out[0]
+        return compute_loss
+
+    adapt.has_aux = True
+    return adapt
+
+
+def guide_train_step(model):
     """(function, adapt) for a `train_step(self, state, data)` override as Keras's JAX guide writes it, else None.
 
     The step differentiates `self.<name>` with `jax.value_and_grad` / `jax.grad` (`has_aux=True`: the loss is
@@ -114,6 +186,7 @@ def differentiated_function(model):
         # what the output names as the step: the user's override, not the written-out step lossmap runs
         shown={"function": step.__qualname__, "file": inspect.getsourcefile(step), "line": line},
         train_step=step, applied_line=applied_line,
+        nested_title=f"{fn.__qualname__}, which your train_step differentiates",
         summation=f"the loss is {returned}; {step.__qualname__} differentiates it with "
                   f"jax.{how} (line {line}) and hands the gradients to optimizer.stateless_apply")
 
