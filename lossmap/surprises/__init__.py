@@ -4,7 +4,7 @@ the number it changes for this model on this batch, and what to write instead.
 lossmap reproduces these behaviours exactly; these findings say so. One check per behaviour, a
 small named function `check_<name>(ctx)` yielding `Finding`s, in `CHECKS` (the order of the
 findings): `compiled.py` holds those about what `compile()` and the batch say, `training.py`
-those about how the loss is trained on (replicas, loss scaling), `backends.py` those of one
+those about how the loss is trained on (replicas, loss scaling, an override the backend never calls), `backends.py` those of one
 backend's own arithmetic. Each cites a statement of an
 engine's `citations.py`, found in the installed source by structure (`lossmap.engine_diff.cite`),
 and computes its numbers with the engine's NumPy rules from the captured tensors. What a check
@@ -26,6 +26,7 @@ CHECKS = (
     compiled.check_regularizer_gaps,
     compiled.check_sample_weight_dilution,
     backends.check_crossentropy_clipped,
+    training.check_unused_override,
 )
 
 

@@ -206,3 +206,17 @@ def _skipped(ctx, ls, r):
         f"scale doubles after {ls.get('growth_steps') or 'a number of'} finite steps, shrinking the updates "
         "further. Inside the tape write loss = self.optimizer.scale_loss(loss) before tape.gradient (tf_keras "
         f"would apply these gradients as given: {where(cite('tf_apply_unscaled'))}).")
+
+
+def check_unused_override(ctx):
+    """A loss method override this backend's trainer never calls (`facts["unused_overrides"]`)."""
+    for name in ctx.facts.get("unused_overrides") or []:
+        line = ctx.cite("k3_step_loss", "k3_step_loss")
+        total = ctx.analysis.total.train_step
+        yield Finding(
+            "OVERRIDE_NEVER_CALLED", "warning", None,
+            f"{name} overrides stateless_compute_loss, which only the JAX backend's trainer calls "
+            f"(JAXTrainer.compute_loss_and_updates); on this backend train_step takes the loss from "
+            f"self._compute_loss ({where(line)}), so the override changes nothing this model trains on: the "
+            f"loss the real train_step computed here, {fmt(total)}, is without it. To change the loss on every "
+            "backend, override compute_loss instead.")

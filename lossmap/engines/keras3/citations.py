@@ -61,6 +61,9 @@ def specs() -> dict:
 def _surprise_specs() -> dict:
     """The statements `lossmap.surprises` cites: where Keras 3 changes the loss without an error."""
     return {
+        "k3_step_loss": (
+            TF_TRAINER, "TensorFlowTrainer.train_step",
+            [(assign_to("loss", m.Call(func=self_attr("_compute_loss"))), "loss = self._compute_loss(...)")]),
         "k3_weight_multiply": (
             LOSS, "reduce_weighted_values",
             [(assign_to("values", m.BinaryOperation(left=m.Name("values"), operator=m.Multiply())),
@@ -122,7 +125,17 @@ def facts(engine, model, sig) -> dict:
     out["losses"] = getattr(compile_loss, "_user_loss", None)
     out["frozen_regularized"] = engine.frozen_regularized_variables(model)
     out.update(surprise_facts(model, sig))
+    out["unused_overrides"] = unused_overrides(model)
     return out
+
+
+def unused_overrides(model) -> list:
+    """The model's overrides of loss methods only another backend's trainer calls (`stateless_compute_loss`:
+    JAX's `compute_loss_and_updates`); the TensorFlow and torch trainers take the loss from `_compute_loss`."""
+    from keras.src.trainers.trainer import Trainer
+
+    fn = getattr(type(model), "stateless_compute_loss", None)
+    return [fn.__qualname__] if fn is not None and fn is not Trainer.stateless_compute_loss else []
 
 
 def surprise_facts(model, sig) -> dict:

@@ -33,6 +33,8 @@ def specs() -> dict:
 
 def facts(engine, model, sig) -> dict:
     """`Engine.engine_facts`, as on TensorFlow (`shared_facts` counts one replica off TensorFlow), without
-    the names a traced TensorFlow fit opens scopes with (JAX's `name_scope` checks no names), and with
-    the backend's crossentropies clipping probabilities (`lossmap.surprises.backends`)."""
-    return dict(k3.facts(engine, model, sig), scoped_names=[], crossentropy_clips=True)
+    the names a traced TensorFlow fit opens scopes with (JAX's `name_scope` checks no names), with
+    the backend's crossentropies clipping probabilities (`lossmap.surprises.backends`), and no unused
+    override (its trainer calls `stateless_compute_loss`)."""
+    return dict(k3.facts(engine, model, sig), scoped_names=[], crossentropy_clips=True,
+                unused_overrides=[])  # JAXTrainer calls stateless_compute_loss: custom code (`steps.py`)

@@ -30,6 +30,9 @@ def specs() -> dict:
         "k3_unscale_logs": (
             TORCH_TRAINER, "TorchTrainer.train_step",
             [(method_call(self_attr("_loss_tracker"), "update_state"), "self._loss_tracker.update_state(loss, ...)")]),
+        "k3_step_loss": (
+            TORCH_TRAINER, "TorchTrainer.train_step",
+            [(assign_to("loss", m.Call(func=self_attr("_compute_loss"))), "loss = self._compute_loss(...)")]),
         "k3_scale_loss": (
             TORCH_TRAINER, "TorchTrainer.train_step",
             [(m.Assign(targets=[m.AssignTarget(m.Name("loss"))], value=method_call(self_attr("optimizer"), "scale_loss")),
@@ -47,5 +50,6 @@ def facts(engine, model, sig) -> dict:
     out["losses"] = getattr(compile_loss, "_user_loss", None)
     out["frozen_regularized"] = engine.frozen_regularized_variables(model)
     out.update(_k3.surprise_facts(model, sig))
+    out["unused_overrides"] = _k3.unused_overrides(model)
     out.update(model_replicas=1, scoped_names=[])
     return out
