@@ -256,6 +256,11 @@ ROWS = (
      "clipped to [epsilon, 1 - epsilon], and samples of the batch are at the clip (loss capped, no gradient)",
      "Output the logits (activation=None) and compile the loss with from_logits=True: the same loss on "
      "every backend."),
+    ("OVERRIDE_NEVER_CALLED", "warning",
+     "A loss override this backend never calls",
+     "the model overrides stateless_compute_loss, which only the JAX trainer calls; on TensorFlow and PyTorch "
+     "train_step takes the loss from _compute_loss, so the model trains without the override",
+     "Override compute_loss instead: every backend's train_step calls it."),
     ("OPAQUE_TERM", "info",
      "A user-defined loss or regularizer", "a user-defined loss or regularizer was called as it is",
      "lossmap verifies the sum but cannot recompute this term independently."),
