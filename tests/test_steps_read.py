@@ -287,3 +287,47 @@ def test_property_the_addends_add_up_to_what_is_differentiated(seed):
     assert got == expected
     total = math.fsum(_weight(parts, rec, a) * rec.values[a.id] for a in parts.addends)
     assert total == pytest.approx(rec.targets[0], rel=1e-12, abs=1e-12), src
+
+
+@pytest.mark.parametrize("body, call_line", [
+    ("""
+     loss, variables = super().stateless_compute_loss(tv, ntv, mv, x=x, y=y, y_pred=y_pred)
+     return loss + 0.2 * penalty, variables
+     """, 3),
+    ("""
+     out = self.stateless_compute_loss(tv, ntv, mv, x=x, y=y, y_pred=y_pred)
+     return out[0] + 0.2 * penalty, out[1]
+     """, 3),
+    ("""
+     return self.stateless_compute_loss(
+         tv, ntv, mv, x=x, y=y,
+         y_pred=y_pred)[0] + 0.2 * penalty, ntv
+     """, 3),
+])
+def test_the_loss_of_a_pair_returning_keras_method_is_a_keras_call(body, call_line):
+    """`stateless_compute_loss` returns (loss, variables): the loss, wherever the code takes it from the pair,
+    is the Keras call (expanded into Keras's terms at run time), shown on one line; the rest stays custom."""
+    from lossmap.steps.split import split_returns
+
+    src = "def stateless_compute_loss(self, tv, ntv, mv, x=None, y=None, y_pred=None):\n" \
+          "    penalty = ops.mean(y_pred)\n" + textwrap.indent(textwrap.dedent(body).strip(), "    ") + "\n"
+    step = read_source(src, "stateless_compute_loss")
+    parts = split_returns(step, first=True)
+    keras_call, penalty = parts.addends
+    assert keras_call.kind == "keras_loss" and keras_call.keras_method == "stateless_compute_loss"
+    assert keras_call.value_line == call_line and "\n" not in keras_call.expression
+    assert keras_call.expression.endswith("stateless_compute_loss(tv, ntv, mv, x=x, y=y, y_pred=y_pred)")
+    assert (penalty.kind, penalty.expression, penalty.literal) == ("custom", "0.2 * penalty", 0.2)
+
+
+def test_a_pair_taken_apart_in_a_branch_stays_one_custom_term():
+    from lossmap.steps.split import split_returns
+
+    src = textwrap.dedent("""
+    def stateless_compute_loss(self, tv, ntv, mv, x=None, y=None, y_pred=None):
+        if flag:
+            out = self.stateless_compute_loss(tv, ntv, mv, x=x, y=y, y_pred=y_pred)
+        return out[0], out[1]
+    """)
+    (only,) = split_returns(read_source(src, "stateless_compute_loss"), first=True).addends
+    assert only.kind == "custom" and only.expression == "out[0]"

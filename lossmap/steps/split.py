@@ -39,9 +39,9 @@ from typing import Optional
 import libcst as cst
 
 from lossmap.steps.read import StepSource, last_name, names_read, positional
-from lossmap.steps.syntax import (KERAS_LOSS_METHODS, SUM_CALLS, assigned_value, defaulted_names, expression_text,
-                                  inner_blocks, is_composite, literal_number, one_line, short_name,
-                                  unpacked_keras_loss)
+from lossmap.steps.syntax import (KERAS_LOSS_METHODS, KERAS_LOSS_PAIR_METHODS, SUM_CALLS, assigned_value,
+                                  defaulted_names, expression_text, inner_blocks, is_composite, literal_number,
+                                  one_line, short_name, unpacked_keras_loss)
 
 MAX_DEPTH = 40  # names followed back through at most this many assignments
 
@@ -181,6 +181,26 @@ class _Splitter:
         if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and \
                 node.func.attr.value in KERAS_LOSS_METHODS:
             return [self.leaf(node, ctx, kind="keras_loss", keras_method=node.func.attr.value)]
+        call = self._first_of_pair(node, ctx)
+        if call is not None:
+            return [self.leaf(call, ctx, kind="keras_loss", keras_method=call.func.attr.value)]
+        return None
+
+    def _first_of_pair(self, node, ctx):
+        """The Keras call whose loss `node` is: `self.stateless_compute_loss(...)[0]`, or `out[0]` after
+        `out = self.stateless_compute_loss(...)`; else None."""
+        if not (isinstance(node, cst.Subscript) and len(node.slice) == 1
+                and isinstance(node.slice[0].slice, cst.Index) and literal_number(node.slice[0].slice.value) == 0):
+            return None
+        value = node.value
+        if isinstance(value, cst.Name):
+            found = self.reaching_definition(value.value, ctx.statement)
+            if found is None or inner_blocks(*found):
+                return None
+            value = assigned_value(found[0], value.value)
+        if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and \
+                value.func.attr.value in KERAS_LOSS_PAIR_METHODS:
+            return value
         return None
 
     def _model_losses(self, node, ctx):
