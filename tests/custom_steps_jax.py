@@ -106,3 +106,19 @@ def stateless_penalised():
     model = StatelessPenalisedModel(inputs, out, name="stateless_penalised")
     model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
     return model
+
+
+class BothOverridesModel(StatelessPenalisedModel):
+    """Overrides compute_loss as well as stateless_compute_loss (refused on JAX in one line)."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return super().compute_loss(x, y, y_pred, sample_weight, training) * 2.0
+
+
+def both_overrides():
+    same_weights(7)
+    inputs = keras.Input(shape=(4,), name="x")
+    out = layers.Dense(2, name="out")(inputs)
+    model = BothOverridesModel(inputs, out, name="both_overrides")
+    model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
+    return model

@@ -192,6 +192,7 @@ def analyses(out_dir):
     # guide writes it explained; a --step function refused in one line
     res["custom"] = {name: dict(zip(("code", "stdout", "stderr"), cli("check", *argv)))
                      for name, argv in (("stateless_step", [os.path.join(HERE, "custom_steps_jax.py:stateless_step")]),
+                                        ("both_overrides", [os.path.join(HERE, "custom_steps_jax.py:both_overrides")]),
                                         ("step_function", ["--step", os.path.join(HERE, "custom_steps.py:step_clipped"),
                                                            os.path.join(HERE, "custom_steps.py:penalised")]))}
     res["compute_loss"] = compute_loss_override()

@@ -252,6 +252,14 @@ def test_a_custom_training_step_on_jax_is_one_line_exit_2(analyses, name, what):
     assert "override compute_loss instead" in lines[0]
 
 
+def test_a_model_overriding_both_loss_methods_on_jax_is_one_line_exit_2(analyses):
+    run = analyses["custom"]["both_overrides"]
+    assert run["code"] == 2 and run["stdout"] == "", run
+    lines = run["stderr"].splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lossmap: ") and "Traceback" not in run["stderr"]
+    assert "BothOverridesModel overrides both compute_loss and stateless_compute_loss" in lines[0]
+
+
 # ---------------------------------------------------------------- hostile files
 @pytest.mark.parametrize("case,needles", [
     ("bomb", ["config.json inflates to 2 GiB"]),

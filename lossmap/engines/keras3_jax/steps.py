@@ -65,6 +65,13 @@ def refusal(model, step_fn):
     """
     found = overrides(model)
     cls = type(model).__name__
+    both = _keras3_steps.overrides(model, _jax_trainer())["compute_loss"] is not None and \
+        _stateless_compute_loss(model) is not None
+    if step_fn is None and found["train_step"] is None and both:
+        return (f"{cls} overrides both compute_loss and stateless_compute_loss: on JAX train_step gets its loss "
+                "from stateless_compute_loss, which reaches compute_loss only through Keras's own; lossmap reads "
+                "one of them, so put the loss in one (compute_loss is called on every backend), or run it with "
+                "KERAS_BACKEND=tensorflow, where stateless_compute_loss is never called")
     if step_fn is None and found["train_step"] is not None and differentiated_function(model) is not None:
         return None
     if step_fn is not None:
