@@ -182,6 +182,14 @@ def test_a_compute_loss_override_is_split_into_its_addends_on_torch(custom_cases
     assert any("0.05" in (t["expression"] or "") or t["weight"] == 0.05 for t in custom), custom
 
 
+def test_a_stateless_compute_loss_override_is_never_called_on_torch_and_said_so(custom_cases):
+    r = ok(custom_cases, "override_never_called")
+    assert r["verified"] and not r["custom_compute_loss"], r
+    (finding,) = [f for f in r["findings"] if f[0] == "OVERRIDE_NEVER_CALLED"]
+    assert finding[1] == "warning" and "JaxOnlyPenaltyModel.stateless_compute_loss" in finding[2]
+    assert "backend/torch/trainer.py:" in finding[2] and "(TorchTrainer.train_step)" in finding[2]
+
+
 def test_the_guides_train_step_with_loss_backward_is_split_and_verified(custom_cases):
     """The Keras guide's torch `train_step` (`self.compute_loss(...)` plus a penalty, `loss.backward()`, the
     gradients read back from `.grad` into `optimizer.apply`): `loss.backward()` is the differentiated loss."""
@@ -191,7 +199,16 @@ def test_the_guides_train_step_with_loss_backward_is_split_and_verified(custom_c
     assert total["verified"] and total["gradients_verified"], total
     terms = {t["id"]: t for t in r["json"]["terms"]}
     assert set(terms) == {"compiled/out", "regularizer/hidden/kernel", "custom/smooth"}, terms
-    assert terms["custom/smooth"]["weight"] == 0.1 and "differentiated at line 40" in total["summation"], total
+    line = _line_of("loss.backward()", after="class GuideStepModel")
+    assert terms["custom/smooth"]["weight"] == 0.1 and f"differentiated at line {line}" in total["summation"], total
+
+
+def _line_of(text: str, after: str) -> int:
+    """The 1-based line of tests/torch_custom_steps.py holding `text`, the first after the line holding `after`."""
+    with open(os.path.join(HERE, "torch_custom_steps.py"), encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    start = next(i for i, ln in enumerate(lines) if after in ln)
+    return next(i for i, ln in enumerate(lines[start:], start + 1) if text in ln)
 
 
 def test_a_hand_built_loss_backward_step_matches_autograd_addend_by_addend(custom_cases):

@@ -211,6 +211,13 @@ def compute_loss_override():
 
 
 @case("custom")
+def override_never_called():
+    import lossmap
+
+    return summary(lossmap.analyse("torch_custom_steps.py:jax_only_penalty", imports=()))
+
+
+@case("custom")
 def train_step_override():
     code, out, err = cli("check", os.path.join(HERE, "torch_custom_steps.py") + ":guide_step", "--format", "json")
     return {"exit": code, "json": json.loads(out) if out.strip() else None, "stderr": err[-2000:]}
