@@ -11,9 +11,11 @@ This file: the engine's identity, `model_info` and what it overrides of the Tens
 (`lossmap.engines.keras3.Keras3Engine`, whose loading, signature and batch packing are the
 backend's too); the stages are in `capture.py`, `train_step.py`, `state.py`, the NumPy mirror in
 `rules.py`, the anchors in `anchors.py` (notes in `notes.py`), citations and facts in `citations.py`.
-A `compute_loss` override is explained through Keras's default step, whose tape on JAX replays its
-block from the trainable values (`steps.py`, `capture.linearise_default_step`); a `train_step(state,
-data)` override or a `--step` function is refused in one line (`steps.refusal`).
+A `compute_loss` or `stateless_compute_loss` override is explained through Keras's default step, whose
+tape on JAX replays its block from the trainable values (`steps.py`, `capture.linearise_default_step`), and
+a `train_step(state, data)` override written as Keras's JAX guide writes it the same way; another one, or a
+`--step` function, is refused in one line (`steps.refusal`). Archives load without computing the initial
+values their weights overwrite (`load_archive`).
 No TensorFlow is imported on this path.
 """
 from __future__ import annotations

@@ -10,7 +10,9 @@ values (`stateless_call`, then the instrumented override in a `StatelessScope`, 
 `JAXTrainer.compute_loss_and_updates` runs it) and differentiated with `jax.vjp`. The real step it is
 verified against is `JAXTrainer.train_step(state, data)` (`real_default_step`). A `train_step(state, data)`
 override as Keras's JAX guide writes it (`jax.value_and_grad` of one method, `optimizer.stateless_apply`) is
-explained the same way, its differentiated method in place of the override (`differentiated_function`).
+explained the same way, its differentiated method in place of the override (`differentiated_function`), and so
+is an override of `stateless_compute_loss`, the method `compute_loss_and_updates` takes the loss from
+(`stateless_compute_loss_override`).
 """
 from __future__ import annotations
 
@@ -39,9 +41,7 @@ def overrides(model) -> dict:
     """{"train_step": function or None, "compute_loss": function or None}: against `JAXTrainer`. An override
     of `stateless_compute_loss` (where `JAXTrainer.compute_loss_and_updates` gets the loss) counts as one of
     `compute_loss`: both decide what the step differentiates (`stateless_compute_loss_override`)."""
-    from keras.src.backend.jax.trainer import JAXTrainer
-
-    found = _keras3_steps.overrides(model, JAXTrainer)
+    found = _keras3_steps.overrides(model, _jax_trainer())
     if found["compute_loss"] is None:
         found["compute_loss"] = _stateless_compute_loss(model)
     return found
