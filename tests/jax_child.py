@@ -199,6 +199,7 @@ def analyses(out_dir):
     res["stateless_step"] = stateless_step_override()
     res["noisy_compute_loss"] = noisy_compute_loss()
     res["stateless_compute_loss"] = stateless_compute_loss_override()
+    res["training_loop"] = training_loop()
     return res
 
 
@@ -252,6 +253,45 @@ def stateless_compute_loss_override():
                       for t in a.terms},
             "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},
             "views": [v.title for v in a.step_view],
+            "jax": {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}}
+
+
+def training_loop():
+    """tests/jax_training_loop.py (the JAX guide's training loop): `--step train_step` through the CLI, and the
+    same step through the API next to `jax.grad` of each addend written out here; the model's and the loop
+    optimizer's variables bit for bit before and after."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jax_training_loop as loop
+    import lossmap
+
+    code, out, err = cli("check", "--step", os.path.join(HERE, "jax_training_loop.py:train_step"), "--format", "json")
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((6, 4)).astype("float32"), rng.standard_normal((6, 3)).astype("float32")
+    variables = list(loop.model.variables) + list(loop.optimizer.variables)
+    before = [np.array(v.value).tobytes() for v in variables]
+    a = lossmap.analyse(None, (x, y), step=loop.train_step)
+    after = [np.array(v.value).tobytes() for v in variables]
+    tv = [v.value for v in loop.model.trainable_variables]
+    ntv = [v.value for v in loop.model.non_trainable_variables]
+
+    def y_pred(t):
+        return loop.model.stateless_call(t, ntv, jnp.asarray(x), training=True)[0]
+
+    addends = {"custom/data_loss": lambda t: jnp.mean(jnp.square(jnp.asarray(y) - y_pred(t))),
+               "custom/smooth": lambda t: 0.3 * jnp.mean(jnp.square(y_pred(t)[:, 1:] - y_pred(t)[:, :-1]))}
+    norm = lambda gs: float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in gs)))  # noqa: E731
+    return {"cli": {"code": code, "json": json.loads(out) if out.strip() else None, "stderr": err[-2000:]},
+            "verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
+            "reproduced": a.total.reproduced, "train_step": a.total.train_step, "path": a.total.path,
+            "unchanged": before == after, "findings": {f.code: f.message for f in a.findings},
+            "terms": {t.id: {"contribution": t.contribution, "weight": t.weight, "source": getattr(t, "source", None)}
+                      for t in a.terms},
+            "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},
+            "views": [{"qualname": v.qualname, "highlighted": [ln.number for ln in v.lines if ln.highlight]}
+                      for v in a.step_view],
             "jax": {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}}
 
 

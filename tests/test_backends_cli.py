@@ -65,6 +65,15 @@ def test_a_tensorflow_example_on_another_backend_is_one_line(tmp_path, command):
     assert "run it with --backend tensorflow" in one_line(proc)
 
 
+def test_a_jax_training_loop_step_on_tensorflow_is_one_line(tmp_path):
+    """The JAX guide's `train_step(state, data)` needs JAX's stateless step: on TensorFlow, one line naming it."""
+    loop = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jax_training_loop.py")
+    proc = lossmap(["check", "--step", f"{loop}:train_step", "--backend", "tensorflow"], tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    line = one_line(proc)
+    assert "takes (state, data), a JAX training loop's stateless step" in line and "--backend jax" in line
+
+
 def test_backend_tf_keras_on_jax_is_a_usage_error(tmp_path):
     proc = lossmap(["check", AGREEING, "--backend", "jax", "--engine", "tf_keras"], tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -252,6 +252,36 @@ def test_a_custom_training_step_on_jax_is_one_line_exit_2(analyses, name, what):
     assert "override compute_loss instead" in lines[0]
 
 
+def test_the_jax_guides_training_loop_is_split_verified_and_attributed(analyses):
+    """`--step jax_training_loop.py:train_step` (the guide's jitted `train_step(state, data)`, a module-level
+    `grad_fn = jax.value_and_grad(compute_loss_and_updates, has_aux=True)`, a global optimizer's
+    `stateless_apply`): the model found through grad_fn, each addend valued and differentiated as jax.grad does
+    it, verified against the step as written, nothing changed; the regularizer the loop never adds is named."""
+    r = analyses["training_loop"]
+    cli = r["cli"]
+    assert cli["code"] == 0 and cli["json"]["total"]["verified"], cli["stderr"]
+    assert r["verified"] and r["gradients_verified"] and r["unchanged"], r
+    assert set(r["terms"]) == {"custom/data_loss", "custom/smooth"} and r["terms"]["custom/smooth"]["weight"] == 0.3
+    assert r["terms"]["custom/smooth"]["source"]["function"] == "compute_loss_and_updates"
+    for name, jax_side in r["jax"].items():
+        assert math.isclose(r["terms"][name]["contribution"], jax_side["value"], rel_tol=1e-5), name
+        assert math.isclose(r["gradients"][name], jax_side["norm"], rel_tol=1e-5), (name, r["gradients"], jax_side)
+    assert math.isclose(r["reproduced"], r["train_step"], rel_tol=1e-6)
+    assert "train_step(state, data) as written" in r["path"]
+    ignored = r["findings"]["MODEL_LOSSES_IGNORED"]
+    assert "inside compute_loss_and_updates" in ignored and "of train_step" in ignored, ignored
+    shown = r["views"][0]
+    assert shown["qualname"] == "train_step" and len(shown["highlighted"]) == 2, r["views"]
+    assert shown["highlighted"][0] == _line_of_file("jax_training_loop.py", "= grad_fn(trainable_variables")
+
+
+def _line_of_file(name: str, text: str) -> int:
+    with open(os.path.join(HERE, name), encoding="utf-8") as fh:
+        found = [i for i, line in enumerate(fh, 1) if text in line]
+    assert len(found) == 1, (text, found)
+    return found[0]
+
+
 def test_a_model_overriding_both_loss_methods_on_jax_is_one_line_exit_2(analyses):
     run = analyses["custom"]["both_overrides"]
     assert run["code"] == 2 and run["stdout"] == "", run

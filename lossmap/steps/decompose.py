@@ -22,12 +22,20 @@ def decompose(eng, model, step: Optional[StepFunction]) -> Decomposition:
     """The decomposition of what trains `model`: `step` when given, else the model's own overrides."""
     overridden = eng.overrides(model)
     nested = _compute_loss(overridden["compute_loss"])
-    differentiated = getattr(getattr(eng, "steps_module", None), "differentiated_function", None)  # JAX
+    steps_module = getattr(eng, "steps_module", None)
+    differentiated = getattr(steps_module, "differentiated_function", None)  # JAX
+    loop = getattr(steps_module, "training_loop_step", None)  # JAX: a --step train_step(state, data)
     found = differentiated(model) if step is None and differentiated is not None else None
+    if step is not None and loop is not None:
+        found = loop(step)
     if found is not None:  # the step's loss is a function's return value: the step written out, opening into it
         nested = _compute_loss(found.function, found.adapt)
         overridden = dict(overridden, train_step=None)
-    if step is not None:
+    if step is not None and found is None and step.convention == "state_data":
+        raise UserError(f"--step {step.spec} takes (state, data), a JAX training loop's stateless step: lossmap "
+                        "reads one on the JAX backend (--backend jax) when it differentiates with "
+                        "jax.value_and_grad and applies with optimizer.stateless_apply")
+    if step is not None and found is None:
         outer = _read(step.fn, "function", step.spec, eng)
     elif overridden["train_step"] is not None:
         outer = _read(overridden["train_step"], "train_step", f"{type(model).__name__}.train_step", eng)
@@ -87,8 +95,8 @@ def arguments(d: Decomposition, step: Optional[StepFunction], model, x, y, sampl
     """The positional arguments of one call of the step, by the contract's convention."""
     if d.kind == "train_step":
         return ((x, y) if sample_weight is None else (x, y, sample_weight),)
-    if d.kind == "keras_default":
-        return (model, x, y, sample_weight)
+    if d.kind == "keras_default":  # a written-out step may take more (JAX's training loop: its optimizer)
+        return (model, x, y, sample_weight) + tuple(getattr(d.words, "extra_arguments", ()))
     head = (model,) if step.model_first else ()
     if step.convention == "data":
         return head + (((x, y) if sample_weight is None else (x, y, sample_weight)),)
@@ -104,6 +112,8 @@ def callables(d: Decomposition, step: Optional[StepFunction], model, eng=None):
     if d.kind == "train_step":
         return types.MethodType(d.instrumented, model), model.train_step
     if d.kind == "keras_default":  # the backend's own real step where it differs (JAX's is stateless)
+        if getattr(d.words, "real", None) is not None:  # a written-out step whose real step is the user's
+            return d.instrumented, d.words.real
         real = getattr(getattr(eng, "steps_module", None), "real_default_step", _real_default_step)
         return d.instrumented, real(model)
     return d.instrumented, step.fn

@@ -44,11 +44,17 @@ def _model_losses_ignored(analysis, eng, model, result):
     d = result.decomposition
     o = d.parts.objectives[0]
     where = f"line {o.gradient.line}: {o.gradient.target_text}" if o.gradient is not None else d.fn.__qualname__
+    inside = _where_differentiated(o)
+    shown = getattr(d.words, "shown", None)  # a step lossmap wrote out (JAX): name the user's lines instead
+    if shown:
+        differentiated = d.words.function.__qualname__
+        where = f"what {differentiated} returns, differentiated at line {shown['line']} of {shown['function']}"
+        inside = f"inside {differentiated}, the function jax.value_and_grad differentiates"
     return [Finding("MODEL_LOSSES_IGNORED", "warning", None,
                     f"model.losses holds {len(result.losses_after)} entries ({what}) adding up to {total:.6g} on this "
                     f"batch, and the loss the step differentiates ({where}) never includes them: Keras adds them "
                     "only inside compute_loss, so a hand-written step must add sum(model.losses) (or call "
-                    f"compute_loss) {_where_differentiated(o)}")]
+                    f"compute_loss) {inside}")]
 
 
 def _where_differentiated(o) -> str:

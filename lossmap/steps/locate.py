@@ -2,7 +2,8 @@
 to call it (the contract's "Custom training code" section).
 
     FUNCTION(x, y) | FUNCTION(x, y, sample_weight) | FUNCTION(data), chosen from its parameters;
-    a first parameter named `model` or `self` gets the model first.
+    a first parameter named `model` or `self` gets the model first. On JAX, `train_step(state, data)` as
+    Keras's training-loop guide writes it is called with the model's state (`convention="state_data"`).
 
 MODEL may be left out when the function reaches exactly one Keras model through its
 module's globals or its closure.
@@ -48,7 +49,7 @@ class StepFunction:
     original: Callable  # what the user's module holds (perhaps a tf.function)
     wrapped_in_tf_function: bool
     model_first: bool
-    convention: str  # "data" | "x_y" | "x_y_sample_weight" | "x_y_optional_sample_weight"
+    convention: str  # "data" | "x_y" | "x_y_sample_weight" | "x_y_optional_sample_weight" | "state_data"
     references: list = field(default_factory=list)  # [Reference] to Keras models
 
 
@@ -83,7 +84,9 @@ def describe(obj, spec: str) -> StepFunction:
     model_first = bool(positional) and positional[0].name in MODEL_PARAMS
     rest = positional[1:] if model_first else positional
     required = [p for p in rest if p.default is p.empty]
-    if len(rest) == 1:
+    if [p.name for p in rest] == ["state", "data"]:
+        convention = "state_data"  # a JAX training loop's stateless step (lossmap.engines.keras3_jax.steps)
+    elif len(rest) == 1:
         convention = "data"
     elif len(required) == 2 and len(rest) >= 3:
         convention = "x_y_optional_sample_weight"
@@ -148,8 +151,15 @@ def looks_like_model(obj) -> bool:
     return False
 
 
-def model_references(fn) -> list:
-    return references(fn, looks_like_model)
+def model_references(fn, depth: int = 2) -> list:
+    """The Keras models `fn` reaches: through its globals and closure, else (up to `depth` calls down)
+    through the functions it reaches there (a JAX loop's `grad_fn`, wrapping the function that runs the model)."""
+    found = references(fn, looks_like_model)
+    if found or depth == 0:
+        return found
+    for ref in references(fn, lambda v: inspect.isfunction(unwrap(v)) and unwrap(v) is not fn):
+        found += model_references(unwrap(ref.get()), depth - 1)
+    return found
 
 
 def the_model(step: StepFunction) -> Any:

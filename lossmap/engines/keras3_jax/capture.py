@@ -7,13 +7,15 @@ differentiates `term_function` (the same terms, from the trainable variables' va
 `stateless_call` as `JAXTrainer.compute_loss_and_updates` runs the model) with `jax.vjp`.
 For a `compute_loss` override, `linearise_default_step` does the same for Keras's default step
 (`lossmap.steps.default_step`): the override's call replayed from the trainable values, every
-addend and term it recorded paired with its replayed value (`steps._ReplayTape` differentiates them).
+addend and term it recorded paired with its replayed value (`ReplayTape` differentiates them).
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 import types
+
+import numpy as np
 
 from lossmap.engines.base import Batch, Capture, Signature
 from lossmap.engines.common.helpers import tensorflow_left_alone
@@ -77,7 +79,7 @@ def term_function(engine, model, xs, ys, sw):
 
 # ---------------------------------------------------------------- Keras's default step, replayed
 def linearise_default_step(recorder, seeds=()):
-    """(vjp, {id(recorded tensor): position}, n, trainable variables) for `steps._ReplayTape`.
+    """(vjp, {id(recorded tensor): position}, n, trainable variables) for `ReplayTape`.
 
     `recorder` ran Keras's default step with the model's instrumented `compute_loss`: the override's
     call is found among its Keras calls, and `replay` runs it again from the trainable values. Every
@@ -200,3 +202,68 @@ def _stacked(tensors, n):
         raise RuntimeError(f"the replayed compute_loss recorded {len(tensors)} tensors, the run {n}")
     return jnp.stack([jnp.zeros((), jnp.float32) if t is None or not hasattr(t, "shape") and not
                       isinstance(t, (int, float)) else jnp.sum(jnp.asarray(t, jnp.float32)) for t in tensors])
+
+
+# ---------------------------------------------------------------- the tape of Keras's default step, replayed
+class ReplayTape:
+    """`tf.GradientTape` for Keras's default step on JAX (`lossmap.steps.default_step`).
+
+    Nothing is recorded while the block runs. At the first `gradient`, the block (the forward pass and
+    the model's `compute_loss`, which is lossmap's instrumented copy of the override) runs again as a
+    function of the trainable variables' values, every addend and term the recorder kept paired with
+    its replayed value, and is linearised with `jax.vjp`; each `gradient(target, sources)` is then one
+    backward pass with a cotangent of ones on the recorded tensors in `target` (a list: their sum).
+    """
+
+    def __init__(self, persistent=False, watch_accessed_variables=True):
+        self.recorder = None  # lossmap.steps.record.Recorder, handed over by `Recorder.tape` (`bind`)
+        self._linear = None
+        self.seeds = {}  # id(seed state variable) -> (variable, value before the block's first draw)
+        self._next = None
+
+    def bind(self, recorder):
+        self.recorder = recorder
+
+    def __enter__(self):
+        """Each `SeedGenerator`'s state as the block first draws from it: the replay draws the same numbers."""
+        from keras.src.random.seed_generator import SeedGenerator
+
+        self._next = original = SeedGenerator.next
+        seeds = self.seeds
+
+        def next(generator, ordered=True):
+            seeds.setdefault(id(generator.state), (generator.state, generator.state.value))
+            return original(generator, ordered)
+
+        SeedGenerator.next = next
+        return self
+
+    def __exit__(self, *exc):
+        from keras.src.random.seed_generator import SeedGenerator
+
+        SeedGenerator.next = self._next
+        return False
+
+    def stop_recording(self):
+        return contextlib.nullcontext()
+
+    def gradient(self, target, sources, **options):
+        import jax.numpy as jnp
+
+        if self._linear is None:
+            self._linear = linearise_default_step(self.recorder, list(self.seeds.values()))
+        vjp, index, n, trainable = self._linear
+        cotangent = np.zeros(n, np.float32)
+        for t in (target if isinstance(target, (list, tuple)) else [target]):
+            if t is None:
+                continue
+            if id(t) not in index:
+                raise RuntimeError("the JAX replay of Keras's default step differentiates only what the step's "
+                                   "compute_loss recorded, and this tensor is not one of them")
+            cotangent[index[id(t)]] += 1.0
+        (grads,) = vjp(jnp.asarray(cotangent))
+        by_variable = {id(v): g for v, g in zip(trainable, grads)}
+        return [by_variable.get(id(s)) for s in sources]
+
+
+REPLAY = types.SimpleNamespace(GradientTape=ReplayTape, IndexedSlices=type("IndexedSlices", (), {}))

@@ -4,7 +4,7 @@ The loss side is the TensorFlow engine's (`lossmap.engines.keras3.steps`: probes
 `compute_loss` expands, `model.losses`, optimizer and metric classes). What differs: overrides are
 judged against `JAXTrainer.train_step`, batches become JAX arrays, gradients are JAX arrays already
 dense. A `compute_loss` override is explained through Keras's default step written out
-(`lossmap.steps.default_step`), whose tape here is `REPLAY` (`_ReplayTape`):
+(`lossmap.steps.default_step`), whose tape here is `REPLAY` (`capture.ReplayTape`):
 JAX records nothing, so the tape's block is run again as a function of the trainable variables'
 values (`stateless_call`, then the instrumented override in a `StatelessScope`, as
 `JAXTrainer.compute_loss_and_updates` runs it) and differentiated with `jax.vjp`. The real step it is
@@ -24,6 +24,7 @@ import types
 import numpy as np
 
 from lossmap.engines.keras3 import steps as _keras3_steps
+from lossmap.engines.keras3_jax.capture import REPLAY  # noqa: F401  (the written-out steps' tape; default_step reads it)
 from lossmap.engines.keras3.steps import (  # noqa: F401  (the engine reads them from this module)
     Expansion,
     additional_for,
@@ -73,6 +74,8 @@ def refusal(model, step_fn):
                 "one of them, so put the loss in one (compute_loss is called on every backend), or run it with "
                 "KERAS_BACKEND=tensorflow, where stateless_compute_loss is never called")
     if step_fn is None and found["train_step"] is not None and differentiated_function(model) is not None:
+        return None
+    if step_fn is not None and training_loop_step(step_fn) is not None:
         return None
     if step_fn is not None:
         what = f"the training step {getattr(step_fn, 'spec', None) or 'given with --step'}"
@@ -198,6 +201,157 @@ def guide_train_step(model):
                   f"jax.{how} (line {line}) and hands the gradients to optimizer.stateless_apply")
 
 
+def training_loop_step(step_fn):
+    """For `--step FILE.py:train_step`: a free `train_step(state, data)` as Keras's guide "Writing a training
+    loop from scratch in JAX" writes it, read like a guide-style override (`guide_train_step`); else None.
+
+    `state` unpacks into the trainable, non-trainable and optimizer variables' values, `data` into `x, y`
+    (and `sample_weight`); the step calls `jax.value_and_grad(f, has_aux=...)` (inline, or a module-level
+    `grad_fn = jax.value_and_grad(f, ...)`) on those names and hands the gradients to a global optimizer's
+    `stateless_apply`. `f` is read as an overridden `compute_loss` (`_loop_adapter`), lossmap's written-out
+    step (`value_and_grad_loop_step`) applies with that optimizer's `stateless_apply` (nothing assigned), and
+    the real step is the user's function (unwrapped from `jax.jit`), called on the model's current state.
+    """
+    import libcst as cst
+    import libcst.matchers as m
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    fn = getattr(step_fn, "fn", None)
+    if fn is None or list(inspect.signature(fn).parameters) != ["state", "data"]:
+        return None
+    try:
+        text, first_line = inspect.getsourcelines(fn)
+        source = cst.parse_module(textwrap.dedent("".join(text)))
+        with open(inspect.getsourcefile(fn), encoding="utf-8") as fh:
+            module = cst.parse_module(fh.read())
+    except (OSError, TypeError, cst.ParserSyntaxError):
+        return None
+    names = {n: ("state", i) for i, n in enumerate(_unpacked(source, "state"))}
+    data = _unpacked(source, "data")
+    names.update({n: ("data", i) for i, n in enumerate(data)})
+    applies = m.findall(source, m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("stateless_apply"))))
+    if len(names) - len(data) != 3 or len(data) not in (2, 3) or len(applies) != 1:
+        return None
+    optimizer = _reached(fn, applies[0].func.value.value)
+    found = _differentiated_call(source, module, fn)
+    if not isinstance(optimizer, BaseOptimizer) or found is None:
+        return None
+    call, f, has_aux, how = found
+    picks = [names.get(a.value.value) if isinstance(a.value, cst.Name) else None for a in call.args]
+    if None in picks:
+        return None
+    keywords = [a.keyword.value if a.keyword is not None else None for a in call.args]
+    line, applied_line = _lines_of(source, [call, applies[0]], first_line)
+    returned = f"the first item {f.__qualname__} returns (has_aux=True)" if has_aux else f"what {f.__qualname__} returns"
+    return types.SimpleNamespace(
+        function=f, adapt=_loop_adapter(list(zip(keywords, picks)), has_aux, optimizer),
+        step=value_and_grad_loop_step, extra_arguments=(optimizer,), real=_loop_real_step(fn, optimizer, len(data)),
+        title=f"Your train_step(state, data), as lossmap reads it ({f.__qualname__} differentiated with jax.{how})",
+        path=f"eager: {f.__qualname__}'s instrumented copy, replayed and differentiated with jax.vjp, and your "
+             f"{fn.__qualname__}(state, data) as written, without jax.jit (its gradients)",
+        shown={"function": fn.__qualname__, "file": inspect.getsourcefile(fn), "line": line},
+        train_step=fn, applied_line=applied_line,
+        nested_title=f"{f.__qualname__}, which your train_step differentiates",
+        summation=f"the loss is {returned}; {fn.__qualname__} differentiates it with jax.{how} (line {line}) and "
+                  "hands the gradients to optimizer.stateless_apply")
+
+
+def _unpacked(source, name: str) -> list:
+    """The names of `a, b, c = name` in the function `source`, else []."""
+    import libcst as cst
+    import libcst.matchers as m
+
+    for node in m.findall(source, m.Assign(targets=[m.AssignTarget(target=m.Tuple())], value=m.Name(name))):
+        elements = node.targets[0].target.elements
+        if all(isinstance(e.value, cst.Name) for e in elements):
+            return [e.value.value for e in elements]
+    return []
+
+
+def _reached(fn, name: str):
+    """What `name` is in `fn`'s closure or module globals (None when neither has it)."""
+    for free, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        if free == name:
+            return cell.cell_contents
+    return fn.__globals__.get(name)
+
+
+def _differentiated_call(source, module, fn):
+    """(the call that differentiates, the function, has_aux, "value_and_grad" | "grad") in the step: either
+    `jax.value_and_grad(f, ...)(args)` inline, or `grad_fn(args)` with `grad_fn = jax.value_and_grad(f, ...)`
+    at the module's top level; None unless exactly one."""
+    import libcst as cst
+    import libcst.matchers as m
+
+    grad = m.Call(func=m.Attribute(value=m.Name("jax"), attr=m.Name("value_and_grad") | m.Name("grad"))
+                  | m.Name("value_and_grad") | m.Name("grad"), args=[m.Arg(value=m.Name()), m.ZeroOrMore()])
+    named = {stmt.body[0].targets[0].target.value: stmt.body[0].value for stmt in module.body
+             if m.matches(stmt, m.SimpleStatementLine(body=[m.Assign(targets=[m.AssignTarget(target=m.Name())],
+                                                                      value=grad)]))}
+    calls = [(c, c.func) for c in m.findall(source, m.Call(func=grad))]
+    calls += [(c, named[c.func.value]) for c in m.findall(source, m.Call(func=m.Name()))
+              if c.func.value in named and c.func.value not in fn.__code__.co_varnames]
+    if len(calls) != 1:
+        return None
+    call, spec = calls[0]
+    from lossmap.steps.read import unwrap
+
+    f = unwrap(_reached(fn, spec.args[0].value.value) or (lambda: None))
+    if not inspect.isfunction(f) or f.__name__ == "<lambda>":
+        return None
+    has_aux = any(a.keyword is not None and a.keyword.value == "has_aux" and m.matches(a.value, m.Name("True"))
+                  for a in spec.args)
+    how = spec.func.attr.value if isinstance(spec.func, cst.Attribute) else spec.func.value
+    return call, f, has_aux, how
+
+
+def _loop_adapter(arguments, has_aux, optimizer):
+    """The instrumented differentiated function as the model's `compute_loss` (`training_loop_step`): called
+    with what the step passes it, each argument one of the state's lists or of the batch's parts."""
+
+    def adapt(instrumented):
+        def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            patched = model.__dict__.pop("compute_loss", None)  # a model.compute_loss inside it is Keras's
+            state = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables,
+                                                      optimizer.variables)]
+            parts = {"state": state, "data": (x, y, sample_weight)}
+            args = [parts[kind][i] for keyword, (kind, i) in arguments if keyword is None]
+            kwargs = {keyword: parts[kind][i] for keyword, (kind, i) in arguments if keyword is not None}
+            try:
+                with _variables_as_stored(model):
+                    out = instrumented(*args, **kwargs)
+            finally:
+                if patched is not None:
+                    object.__setattr__(model, "compute_loss", patched)
+            return out[0] if has_aux else out
+        return compute_loss
+
+    adapt.has_aux = has_aux
+    return adapt
+
+
+def _loop_real_step(fn, optimizer, n_data):
+    """The user's `train_step(state, data)` on the model's current state (the state it returns dropped); its
+    loss as logs (the first item it returns, as the guide's `return loss, state`)."""
+    def call(model, x, y, sample_weight=None, *_):
+        state = tuple([v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables,
+                                                       optimizer.variables))
+        returned = fn(state, (x, y) if n_data == 2 else (x, y, sample_weight))
+        return {"loss": returned[0]} if isinstance(returned, (tuple, list)) else returned
+    return call
+
+
+def value_and_grad_loop_step(model, x, y, sample_weight=None, optimizer=None):
+    """A training loop's `train_step(state, data)`, as lossmap runs it (`training_loop_step`): the differentiated
+    function as `model.compute_loss`; the loop's optimizer given the gradients statelessly, as the step does."""
+    with REPLAY.GradientTape() as tape:  # jax.value_and_grad: the function replayed from the trainable values
+        loss = model.compute_loss(x, y, None, sample_weight)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.stateless_apply([v.value for v in optimizer.variables], grads,  # nothing assigned
+                              [v.value for v in model.trainable_variables])
+    return loss
+
+
 def _lines_of(module, nodes, first_line: int) -> list:
     """The file lines where `nodes` (found in `module`, the dedented source that starts at `first_line`) start."""
     import libcst as cst
@@ -274,72 +428,6 @@ def real_default_step(model):
             model.optimizer.build(model.trainable_variables)
         return stateless_train_step(model, (x, y) if sample_weight is None else (x, y, sample_weight))
     return call
-
-
-class _ReplayTape:
-    """`tf.GradientTape` for Keras's default step on JAX (`lossmap.steps.default_step`).
-
-    Nothing is recorded while the block runs. At the first `gradient`, the block (the forward pass and
-    the model's `compute_loss`, which is lossmap's instrumented copy of the override) runs again as a
-    function of the trainable variables' values, every addend and term the recorder kept paired with
-    its replayed value, and is linearised with `jax.vjp`; each `gradient(target, sources)` is then one
-    backward pass with a cotangent of ones on the recorded tensors in `target` (a list: their sum).
-    """
-
-    def __init__(self, persistent=False, watch_accessed_variables=True):
-        self.recorder = None  # lossmap.steps.record.Recorder, handed over by `Recorder.tape` (`bind`)
-        self._linear = None
-        self.seeds = {}  # id(seed state variable) -> (variable, value before the block's first draw)
-        self._next = None
-
-    def bind(self, recorder):
-        self.recorder = recorder
-
-    def __enter__(self):
-        """Each `SeedGenerator`'s state as the block first draws from it: the replay draws the same numbers."""
-        from keras.src.random.seed_generator import SeedGenerator
-
-        self._next = original = SeedGenerator.next
-        seeds = self.seeds
-
-        def next(generator, ordered=True):
-            seeds.setdefault(id(generator.state), (generator.state, generator.state.value))
-            return original(generator, ordered)
-
-        SeedGenerator.next = next
-        return self
-
-    def __exit__(self, *exc):
-        from keras.src.random.seed_generator import SeedGenerator
-
-        SeedGenerator.next = self._next
-        return False
-
-    def stop_recording(self):
-        return contextlib.nullcontext()
-
-    def gradient(self, target, sources, **options):
-        import jax.numpy as jnp
-
-        if self._linear is None:
-            from lossmap.engines.keras3_jax.capture import linearise_default_step
-
-            self._linear = linearise_default_step(self.recorder, list(self.seeds.values()))
-        vjp, index, n, trainable = self._linear
-        cotangent = np.zeros(n, np.float32)
-        for t in (target if isinstance(target, (list, tuple)) else [target]):
-            if t is None:
-                continue
-            if id(t) not in index:
-                raise RuntimeError("the JAX replay of Keras's default step differentiates only what the step's "
-                                   "compute_loss recorded, and this tensor is not one of them")
-            cotangent[index[id(t)]] += 1.0
-        (grads,) = vjp(jnp.asarray(cotangent))
-        by_variable = {id(v): g for v, g in zip(trainable, grads)}
-        return [by_variable.get(id(s)) for s in sources]
-
-
-REPLAY = types.SimpleNamespace(GradientTape=_ReplayTape, IndexedSlices=type("IndexedSlices", (), {}))
 
 
 def dense_gradient(g):
