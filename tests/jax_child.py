@@ -274,6 +274,9 @@ def training_loop():
     before = [np.array(v.value).tobytes() for v in variables]
     a = lossmap.analyse(None, (x, y), step=loop.train_step)
     after = [np.array(v.value).tobytes() for v in variables]
+    metric_state = [np.array(v.value).tobytes() for v in loop.train_mae.variables]
+    with_metrics = lossmap.analyse(None, (x, y), step=loop.train_step_with_metrics)
+    metric_unchanged = metric_state == [np.array(v.value).tobytes() for v in loop.train_mae.variables]
     tv = [v.value for v in loop.model.trainable_variables]
     ntv = [v.value for v in loop.model.non_trainable_variables]
 
@@ -287,6 +290,9 @@ def training_loop():
             "verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
             "reproduced": a.total.reproduced, "train_step": a.total.train_step, "path": a.total.path,
             "unchanged": before == after, "findings": {f.code: f.message for f in a.findings},
+            "with_metrics": {"verified": with_metrics.total.verified, "metric_unchanged": metric_unchanged,
+                             "gradients_verified": getattr(with_metrics.total, "gradients_verified", None),
+                             "terms": sorted(t.id for t in with_metrics.terms)},
             "terms": {t.id: {"contribution": t.contribution, "weight": t.weight, "source": getattr(t, "source", None)}
                       for t in a.terms},
             "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},

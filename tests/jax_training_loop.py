@@ -4,7 +4,8 @@ optimizer at module level, `compute_loss_and_updates` differentiated by a module
 `grad_fn = jax.value_and_grad(..., has_aux=True)`, and a jitted `train_step(state, data)` that applies the
 gradients with `optimizer.stateless_apply` and returns the loss and the new state. The loss here adds a
 smoothness penalty to the data loss; the model's L2 regularizer is in `model.losses`, which the loop never
-reads (as in the guide).
+reads (as in the guide). `train_step_with_metrics` is the guide's second form, whose state also carries a
+metric's variables.
 """
 import os
 
@@ -43,3 +44,19 @@ def train_step(state, data):
     trainable_variables, optimizer_variables = optimizer.stateless_apply(
         optimizer_variables, grads, trainable_variables)
     return loss, (trainable_variables, non_trainable_variables, optimizer_variables)
+
+
+train_mae = keras.metrics.MeanAbsoluteError()
+
+
+@jax.jit
+def train_step_with_metrics(state, data):
+    """The guide's second form: the state carries the metric's variables, updated statelessly."""
+    trainable_variables, non_trainable_variables, optimizer_variables, metric_variables = state
+    x, y = data
+    (loss, non_trainable_variables), grads = grad_fn(trainable_variables, non_trainable_variables, x, y)
+    trainable_variables, optimizer_variables = optimizer.stateless_apply(
+        optimizer_variables, grads, trainable_variables)
+    y_pred, _ = model.stateless_call(trainable_variables, non_trainable_variables, x)
+    metric_variables = train_mae.stateless_update_state(metric_variables, y, y_pred)
+    return loss, (trainable_variables, non_trainable_variables, optimizer_variables, metric_variables)

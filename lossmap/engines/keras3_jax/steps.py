@@ -83,9 +83,10 @@ def refusal(model, step_fn):
         what = f"{cls} overrides train_step({', '.join(list(inspect.signature(found['train_step']).parameters)[1:])})"
     else:
         return None
-    return (f"lossmap does not explain a custom training step on the JAX backend yet ({what}): it follows a "
-            "loss to a GradientTape, and JAX differentiates it inside jax.value_and_grad; run it with "
-            "KERAS_BACKEND=tensorflow, override compute_loss instead (explained on JAX), or check the model "
+    return (f"lossmap does not explain this custom training step on the JAX backend ({what}): on JAX it reads a "
+            "train_step(state, data) that differentiates one function with jax.value_and_grad and hands the "
+            "gradients to optimizer.stateless_apply, as Keras's JAX guides write it, and this one is not; run it "
+            "with KERAS_BACKEND=tensorflow, override compute_loss instead (explained on JAX), or check the model "
             "without the override")
 
 
@@ -205,8 +206,8 @@ def training_loop_step(step_fn):
     """For `--step FILE.py:train_step`: a free `train_step(state, data)` as Keras's guide "Writing a training
     loop from scratch in JAX" writes it, read like a guide-style override (`guide_train_step`); else None.
 
-    `state` unpacks into the trainable, non-trainable and optimizer variables' values, `data` into `x, y`
-    (and `sample_weight`); the step calls `jax.value_and_grad(f, has_aux=...)` (inline, or a module-level
+    `state` unpacks into the trainable, non-trainable and optimizer variables' values (and the variables of
+    the metrics it updates with `stateless_update_state`), `data` into `x, y` (and `sample_weight`); the step calls `jax.value_and_grad(f, has_aux=...)` (inline, or a module-level
     `grad_fn = jax.value_and_grad(f, ...)`) on those names and hands the gradients to a global optimizer's
     `stateless_apply`. `f` is read as an overridden `compute_loss` (`_loop_adapter`), lossmap's written-out
     step (`value_and_grad_loop_step`) applies with that optimizer's `stateless_apply` (nothing assigned), and
@@ -230,12 +231,15 @@ def training_loop_step(step_fn):
     data = _unpacked(source, "data")
     names.update({n: ("data", i) for i, n in enumerate(data)})
     applies = m.findall(source, m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("stateless_apply"))))
-    if len(names) - len(data) != 3 or len(data) not in (2, 3) or len(applies) != 1:
+    updates = m.findall(source, m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("stateless_update_state"))))
+    metrics = [_reached(fn, c.func.value.value) for c in updates]
+    if len(names) - len(data) != (4 if metrics else 3) or len(data) not in (2, 3) or len(applies) != 1:
         return None
     optimizer = _reached(fn, applies[0].func.value.value)
     found = _differentiated_call(source, module, fn)
-    if not isinstance(optimizer, BaseOptimizer) or found is None:
+    if not isinstance(optimizer, BaseOptimizer) or found is None or not all(hasattr(x, "variables") for x in metrics):
         return None
+    state = _LoopState(optimizer, metrics)
     call, f, has_aux, how = found
     picks = [names.get(a.value.value) if isinstance(a.value, cst.Name) else None for a in call.args]
     if None in picks:
@@ -244,8 +248,8 @@ def training_loop_step(step_fn):
     line, applied_line = _lines_of(source, [call, applies[0]], first_line)
     returned = f"the first item {f.__qualname__} returns (has_aux=True)" if has_aux else f"what {f.__qualname__} returns"
     return types.SimpleNamespace(
-        function=f, adapt=_loop_adapter(list(zip(keywords, picks)), has_aux, optimizer),
-        step=value_and_grad_loop_step, extra_arguments=(optimizer,), real=_loop_real_step(fn, optimizer, len(data)),
+        function=f, adapt=_loop_adapter(list(zip(keywords, picks)), has_aux, state),
+        step=value_and_grad_loop_step, extra_arguments=(optimizer,), real=_loop_real_step(fn, state, len(data)),
         title=f"Your train_step(state, data), as lossmap reads it ({f.__qualname__} differentiated with jax.{how})",
         path=f"eager: {f.__qualname__}'s instrumented copy, replayed and differentiated with jax.vjp, and your "
              f"{fn.__qualname__}(state, data) as written, without jax.jit (its gradients)",
@@ -305,16 +309,29 @@ def _differentiated_call(source, module, fn):
     return call, f, has_aux, how
 
 
-def _loop_adapter(arguments, has_aux, optimizer):
+class _LoopState:
+    """A training loop's `state` from the live objects: the model's trainable and non-trainable variables'
+    values, its optimizer's, and (when the step updates metrics statelessly) those metrics' variables'."""
+
+    def __init__(self, optimizer, metrics):
+        self.optimizer, self.metrics = optimizer, metrics
+
+    def values(self, model) -> list:
+        out = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables,
+                                                self.optimizer.variables)]
+        if self.metrics:
+            out.append([v.value for metric in self.metrics for v in metric.variables])
+        return out
+
+
+def _loop_adapter(arguments, has_aux, state):
     """The instrumented differentiated function as the model's `compute_loss` (`training_loop_step`): called
     with what the step passes it, each argument one of the state's lists or of the batch's parts."""
 
     def adapt(instrumented):
         def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
             patched = model.__dict__.pop("compute_loss", None)  # a model.compute_loss inside it is Keras's
-            state = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables,
-                                                      optimizer.variables)]
-            parts = {"state": state, "data": (x, y, sample_weight)}
+            parts = {"state": state.values(model), "data": (x, y, sample_weight)}
             args = [parts[kind][i] for keyword, (kind, i) in arguments if keyword is None]
             kwargs = {keyword: parts[kind][i] for keyword, (kind, i) in arguments if keyword is not None}
             try:
@@ -330,13 +347,11 @@ def _loop_adapter(arguments, has_aux, optimizer):
     return adapt
 
 
-def _loop_real_step(fn, optimizer, n_data):
+def _loop_real_step(fn, state, n_data):
     """The user's `train_step(state, data)` on the model's current state (the state it returns dropped); its
     loss as logs (the first item it returns, as the guide's `return loss, state`)."""
     def call(model, x, y, sample_weight=None, *_):
-        state = tuple([v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables,
-                                                       optimizer.variables))
-        returned = fn(state, (x, y) if n_data == 2 else (x, y, sample_weight))
+        returned = fn(tuple(state.values(model)), (x, y) if n_data == 2 else (x, y, sample_weight))
         return {"loss": returned[0]} if isinstance(returned, (tuple, list)) else returned
     return call
 
