@@ -184,7 +184,44 @@ def _diff_crossentropy_logits(cmp: Comparison) -> list:
     return out
 
 
-CHECKS = (_diff_crossentropy_logits,)
+TRAINER = {"tensorflow": ("keras.src.backend.tensorflow.trainer", "TensorFlowTrainer.train_step"),
+           "torch": ("keras.src.backend.torch.trainer", "TorchTrainer.train_step")}
+
+
+def _diff_jax_only_override(cmp: Comparison) -> list:
+    """Terms of a `stateless_compute_loss` override: only `JAXTrainer.compute_loss_and_updates` calls it; the
+    other backends' `train_step` take the loss from `_compute_loss` (their runs say OVERRIDE_NEVER_CALLED)."""
+    if "jax" not in cmp.docs:
+        return []
+    skipping = [b for b in cmp.backends if any(f["code"] == "OVERRIDE_NEVER_CALLED" for f in cmp.docs[b]["findings"])]
+    by_id = {t["id"]: t for t in cmp.docs["jax"]["terms"]}
+    out = []
+    for row in cmp.differing():
+        source = (by_id.get(row["id"]) or {}).get("source") or {}
+        function = source.get("function") or ""
+        if not skipping or not function.endswith(".stateless_compute_loss"):
+            continue
+        jax_cite = cite("jax", "keras.src.backend.jax.trainer", "JAXTrainer.compute_loss_and_updates",
+                        m.Assign(targets=[m.AssignTarget(target=m.Tuple())],
+                                 value=m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("stateless_compute_loss")))),
+                        "loss, variables = self.stateless_compute_loss(...)")
+        others = [cite(b, *TRAINER[b], assign_to("loss", m.Call(func=m.Attribute(value=m.Name("self"),
+                                                                                  attr=m.Name("_compute_loss")))),
+                       "loss = self._compute_loss(...)") for b in skipping if b in TRAINER]
+        msg = (f"{row['id']} is computed in {function} (line {source.get('line')}), which only the JAX backend's "
+               f"trainer calls ({where(jax_cite)}); "
+               + "; ".join(f"{LABEL.get(c['engine'], c['engine'])}'s train_step takes its loss from "
+                           f"self._compute_loss ({where(c)}) and never calls it" for c in others)
+               + f", so there the model trains without this term. On this batch: {_values(row)}. To train on the "
+               "same loss on every backend, put it in a compute_loss override instead.")
+        out.append({"code": "BACKEND_DIFF_OVERRIDE", "level": "warning",
+                    "title": "a stateless_compute_loss override only JAX calls", "term": row["id"],
+                    "message": msg, "cites": [jax_cite] + others,
+                    "backends": {b: ("with the override" if b == "jax" else "without it") for b in ["jax"] + skipping}})
+    return out
+
+
+CHECKS = (_diff_crossentropy_logits, _diff_jax_only_override)
 
 
 def differences(cmp: Comparison) -> list:

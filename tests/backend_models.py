@@ -3,7 +3,7 @@
 `saturated`: a softmax output whose probabilities saturate (large output weights), so that
 sparse crossentropy from the cached logits (TensorFlow) and from the clipped probabilities (the
 other backends) differ measurably. `agreeing`: MSE, an L2 and an add_loss, which every backend
-computes alike.
+computes alike. `jax_only_penalty`: a `stateless_compute_loss` override, which only the JAX trainer calls.
 """
 
 
@@ -33,6 +33,26 @@ def agreeing():
     h = keras.layers.Dense(5, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.01), name="hidden")(inputs)
     h = Penalty(name="penalty")(h)
     model = keras.Model(inputs, keras.layers.Dense(2, name="out")(h), name="agreeing")
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def jax_only_penalty():
+    """A `stateless_compute_loss` override adding a penalty: only the JAX trainer calls it."""
+    import keras
+
+    class JaxOnlyPenalty(keras.Model):
+        def stateless_compute_loss(self, trainable_variables, non_trainable_variables, metrics_variables,
+                                   x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            loss, variables = super().stateless_compute_loss(
+                trainable_variables, non_trainable_variables, metrics_variables,
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+            penalty = keras.ops.mean(keras.ops.square(y_pred))
+            return loss + 0.5 * penalty, variables
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    model = JaxOnlyPenalty(inputs, keras.layers.Dense(2, name="out")(inputs), name="jax_only_penalty")
     model.compile(optimizer="sgd", loss="mse")
     return model
 

@@ -242,6 +242,24 @@ def test_compare_backends_explains_saturated_crossentropy(tmp_path):
     assert "keras/src/backend/jax/nn.py" in page and "BACKEND_DIFF_CROSSENTROPY_LOGITS" in page
 
 
+def test_compare_backends_explains_a_term_only_the_jax_trainer_calls(tmp_path):
+    """A `stateless_compute_loss` override: explained on JAX, never called on TensorFlow (OVERRIDE_NEVER_CALLED);
+    the side-by-side table names the method and cites each trainer's line by structure, at its true line."""
+    _, doc = _report(tmp_path, f"{MODELS}:jax_only_penalty")
+    bc = doc["backend_comparison"]
+    (d,) = [d for d in bc["differences"] if d["term"] == "custom/penalty"]
+    assert d["code"] == "BACKEND_DIFF_OVERRIDE" and "JaxOnlyPenalty.stateless_compute_loss" in d["message"]
+    assert not any(x["code"] == "BACKEND_DIFF_UNEXPLAINED" for x in bc["differences"]), bc["differences"]
+    assert all(bc["totals"][b]["verified"] for b in bc["backends"])
+    keras_dir = _keras_dir()
+    jax_cite = next(c for c in d["cites"] if c["engine"] == "jax")
+    assert jax_cite["line"] == _true_line(os.path.join(keras_dir, "src/backend/jax/trainer.py"),
+                                          "compute_loss_and_updates", "= self.stateless_compute_loss(")
+    tf_cite = next(c for c in d["cites"] if c["engine"] == "tensorflow")
+    assert tf_cite["line"] == _true_line(os.path.join(keras_dir, "src/backend/tensorflow/trainer.py"), "train_step",
+                                         "loss = self._compute_loss(")
+
+
 @needs("torch")
 def test_compare_backends_torch_column(tmp_path):
     _, doc = _report(tmp_path, SATURATED)
