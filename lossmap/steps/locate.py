@@ -151,14 +151,24 @@ def looks_like_model(obj) -> bool:
     return False
 
 
-def model_references(fn, depth: int = 2) -> list:
-    """The Keras models `fn` reaches: through its globals and closure, else (up to `depth` calls down)
-    through the functions it reaches there (a JAX loop's `grad_fn`, wrapping the function that runs the model)."""
-    found = references(fn, looks_like_model)
-    if found or depth == 0:
+def model_references(fn) -> list:
+    """The Keras models `fn` reaches: through its globals and closure, else through the functions it reaches."""
+    return reached(fn, looks_like_model, nearest=True)
+
+
+def reached(fn, predicate, depth: int = 2, nearest: bool = False) -> list:
+    """`references(fn, predicate)`, and those of the functions `fn` reaches there, up to `depth` calls down (a
+    JAX loop's `grad_fn` wraps the function that runs the model and its loss object); `nearest`: only the
+    first level that has any."""
+    found = references(fn, predicate)
+    if depth == 0 or (found and nearest):
         return found
-    for ref in references(fn, lambda v: inspect.isfunction(unwrap(v)) and unwrap(v) is not fn):
-        found += model_references(unwrap(ref.get()), depth - 1)
+    seen = {id(fn)}
+    for ref in references(fn, lambda v: inspect.isfunction(unwrap(v))):
+        inner = unwrap(ref.get())
+        if id(inner) not in seen:
+            seen.add(id(inner))
+            found += reached(inner, predicate, depth - 1, nearest)
     return found
 
 

@@ -48,14 +48,14 @@ def analyse_custom_code(eng, model, info, step_fn, data, *, batch_size, seed, rt
 def labels_from_step_losses(eng, sig, model, step_fn):
     """Outputs no compiled loss scores get synthetic labels for the built-in loss the step itself uses,
     when it reaches exactly one (a global `loss_fn = SparseCategoricalCrossentropy()`, `self.loss_fn`)."""
-    from lossmap.steps.locate import references
+    from lossmap.steps.locate import reached
     from lossmap.steps.state import attribute_references
 
     if all(o.loss_fn is not None for o in sig.outputs):
         return sig
     found = {r.get() for r in attribute_references(model, lambda o: eng.builtin_loss_name(o) is not None)}
     if step_fn is not None:
-        found |= {r.get() for r in references(step_fn.fn, lambda o: eng.builtin_loss_name(o) is not None)}
+        found |= {r.get() for r in reached(step_fn.fn, lambda o: eng.builtin_loss_name(o) is not None)}
     names = {eng.builtin_loss_name(o) for o in found}
     if len(names) != 1:
         return sig
