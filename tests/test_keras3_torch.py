@@ -190,6 +190,21 @@ def test_a_stateless_compute_loss_override_is_never_called_on_torch_and_said_so(
     assert "backend/torch/trainer.py:" in finding[2] and "(TorchTrainer.train_step)" in finding[2]
 
 
+def test_the_torch_guides_loop_with_a_torch_optimizer_is_split_verified_and_put_back(custom_cases):
+    """Keras's "training loop from scratch in PyTorch" guide, first form: `torch.optim.Adam(model.parameters())`
+    and `optimizer.step()`. Each addend valued and differentiated as torch.autograd does it, the gradients the
+    optimizer's step() found in `.grad` verified, and Adam's moments put back bit for bit."""
+    r = ok(custom_cases, "torch_optim_loop")
+    cli = r["cli"]
+    assert cli["code"] == 0 and cli["json"]["total"]["verified"], cli["stderr"]
+    assert r["verified"] and r["gradients_verified"] and r["identical"] and r["optimizer_state_identical"], _message(r)
+    assert set(r["terms"]) == set(r["autograd_norms"]) == {"custom/data_loss", "custom/penalty"}
+    for tid, value in r["autograd_values"].items():
+        assert np.isclose(r["terms"][tid]["contribution"], value, rtol=1e-6), (tid, r["terms"][tid], value)
+    for tid, norm in r["autograd_norms"].items():
+        assert np.isclose(r["gradient_terms"][tid], norm, rtol=1e-5), (tid, r["gradient_terms"], norm)
+
+
 def test_the_guides_train_step_with_loss_backward_is_split_and_verified(custom_cases):
     """The Keras guide's torch `train_step` (`self.compute_loss(...)` plus a penalty, `loss.backward()`, the
     gradients read back from `.grad` into `optimizer.apply`): `loss.backward()` is the differentiated loss."""

@@ -277,6 +277,41 @@ def two_optimizers():
 
 
 @case("custom")
+def torch_optim_loop():
+    """tests/torch_training_loop.py (the torch guide's loop: torch.optim.Adam, torch.nn.CrossEntropyLoss,
+    optimizer.step()): through the CLI, and through the API after one real step (so Adam has moments to put
+    back), next to torch.autograd.grad of each addend; the parameters and the optimizer's state bit for bit."""
+    import keras
+    import lossmap
+    import torch
+    import torch_training_loop as loop
+
+    code, out, err = cli("check", "--step", os.path.join(HERE, "torch_training_loop.py:train_step"), "--format", "json")
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(8, 6)).astype("float32"), rng.integers(0, 4, 8).astype("int64")
+    loop.train_step(torch.as_tensor(x), torch.as_tensor(y))  # one real step: Adam's state is not empty
+    before = [np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in loop.model.variables]
+    state_before = {k: v.clone() for k, v in loop.optimizer.state_dict()["state"][0].items()}
+    a = lossmap.analyse(None, (x, y), step=loop.train_step)
+    after = [keras.ops.convert_to_numpy(v.value) for v in loop.model.variables]
+    state_after = loop.optimizer.state_dict()["state"][0]
+    params = [v.value for v in loop.model.trainable_variables]
+    logits = loop.model(torch.as_tensor(x))
+    addends = {"custom/data_loss": loop.loss_fn(logits, torch.as_tensor(y)),
+               "custom/penalty": 0.05 * torch.mean(logits ** 2)}
+    norms = {}
+    for name, value in addends.items():
+        grads = torch.autograd.grad(value, params, retain_graph=True)
+        norms[name] = float(np.sqrt(sum(float((g.detach().double() ** 2).sum()) for g in grads)))
+    return dict(summary(a), cli={"code": code, "json": json.loads(out) if out.strip() else None,
+                                 "stderr": err[-2000:]},
+                autograd_norms=norms, autograd_values={k: float(v.detach()) for k, v in addends.items()},
+                identical=all(p.tobytes() == q.tobytes() for p, q in zip(before, after)),
+                optimizer_state_identical=state_before.keys() == state_after.keys() and all(
+                    torch.equal(state_before[k], state_after[k]) for k in state_before))
+
+
+@case("custom")
 def detached_addend():
     import lossmap
 

@@ -93,7 +93,7 @@ def _instrumented_run(eng, model, sig, d, step, args, runs):
     with runs.seeded():
         runs.state.swap_in_copies()
         with probe, _patched_compute_loss(model, d):
-            result = run(lambda: call(*args), eng.optimizer_classes(), eng, eng.variable_namer(model))
+            result = run(lambda: call(*args), eng.optimizer_classes(), eng, eng.variable_namer(model), model=model)
             d.recorder.on_gradient = None
     _release_tapes(d)
     return result, d.attribution.snapshot_value or []
@@ -139,7 +139,7 @@ def _real_run(eng, model, d, step, args, runs):
     _, real = decompose_module.callables(d, step, model, eng)
     with runs.seeded():
         runs.state.swap_in_copies()
-        return run(lambda: real(*args), eng.optimizer_classes(), eng, eng.variable_namer(model))
+        return run(lambda: real(*args), eng.optimizer_classes(), eng, eng.variable_namer(model), model=model)
 
 
 def _losses_now(eng, model, probe) -> list:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from lossmap import __version__
 from lossmap import findings as findings_module
 from lossmap import gradients as gradients_module
@@ -29,6 +31,9 @@ def analyse_custom_code(eng, model, info, step_fn, data, *, batch_size, seed, rt
     with runs:
         sig = labels_from_step_losses(eng, eng.signature(model), model, step_fn)
         batch = _batch(data, sig, batch_size, seed)
+        ids = getattr(getattr(eng, "steps_module", None), "SYNTHETIC_CLASS_IDS", None)
+        if data is None and ids is not None:  # made-up class ids as the backend's own losses take them
+            batch.y = {k: v.astype(ids) if getattr(v, "dtype", None) == np.int32 else v for k, v in batch.y.items()}
         result = analyse_custom(eng, model, sig, batch, runs, step_fn, gradients=gradients,
                                 gradient_limit=gradient_limit, rtol=rtol_, atol=atol_)
     info.step = _step_info(result)

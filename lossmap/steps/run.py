@@ -147,9 +147,12 @@ def instrument(decomposition: Decomposition, expand_keras: Callable, on_gradient
     return decomposition.instrumented
 
 
-def run(call: Callable, spy_classes, eng, namer, before_call: Callable = lambda: None) -> StepRun:
-    """Call `call()` once under the optimizer spy; an exception is kept, not raised."""
-    spy = OptimizerSpy(spy_classes, namer, eng.dense_gradient)
+def run(call: Callable, spy_classes, eng, namer, before_call: Callable = lambda: None, model=None) -> StepRun:
+    """Call `call()` once under the optimizer spy; an exception is kept, not raised. `model`: whose variables
+    hold the parameters an optimizer reading `.grad` steps (the engine's `parameter_steps`, torch.optim)."""
+    parameter_steps = getattr(getattr(eng, "steps_module", None), "parameter_steps", None)
+    spy = OptimizerSpy(spy_classes, namer, eng.dense_gradient,
+                       parameter_steps(model) if parameter_steps is not None and model is not None else None)
     result = StepRun(updates=spy.updates, returned=None)
     with spy:
         before_call()

@@ -3,7 +3,9 @@
 The methods are wrapped on the classes that define them, for the length of one run, so
 every optimizer the step reaches is seen (the model's, a global one, two of them), and
 only the outermost call is recorded (Keras 3's `apply_gradients` calls `apply`). The
-recorded gradients are copies; the call itself goes on unchanged.
+recorded gradients are copies; the call itself goes on unchanged. An optimizer that reads
+each parameter's `.grad` in `step()` (torch.optim, `parameter_steps`) is recorded with the
+gradients it finds there, named through the Keras variable that holds each parameter.
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ class Update:
 class OptimizerSpy:
     """`with OptimizerSpy(classes, path_of, dense) as spy:` ... `spy.updates`."""
 
-    def __init__(self, classes, path_of: Callable, dense: Callable):
+    def __init__(self, classes, path_of: Callable, dense: Callable, parameter_steps=None):
         self.classes = list(classes)
         self.path_of = path_of
         self.dense = dense
+        # (classes whose step() reads .grad, parameter -> variable or None): torch.optim on Keras's torch backend
+        self.parameter_steps = parameter_steps
         self.updates: list = []
         self._saved: list = []
         self._depth = 0
@@ -44,6 +48,13 @@ class OptimizerSpy:
         for (klass, name), original in owners.items():
             setattr(klass, name, self._wrap(name, original))
             self._saved.append((klass, name, original))
+        if self.parameter_steps is not None:
+            classes, variable_of = self.parameter_steps
+            for klass in classes:
+                if "step" in vars(klass):
+                    original = vars(klass)["step"]
+                    setattr(klass, "step", self._wrap_step(original, variable_of))
+                    self._saved.append((klass, "step", original))
         return self
 
     def __exit__(self, *exc):
@@ -80,6 +91,26 @@ class OptimizerSpy:
                 optimizer=optimizer, method=name,
                 gradients={spy.path_of(v): spy.dense(g) for g, v in zip(grads, variables)},
                 tensors=grads))
+            spy._depth += 1
+            try:
+                return original(optimizer, *args, **kwargs)
+            finally:
+                spy._depth -= 1
+
+        spied.__wrapped__ = original
+        return spied
+
+    def _wrap_step(self, original, variable_of):
+        spy = self
+
+        def spied(optimizer, *args, **kwargs):
+            if not spy._depth:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                pairs = [(variable_of(p), p.grad) for p in params]
+                spy.updates.append(Update(
+                    optimizer=optimizer, method="step",
+                    gradients={spy.path_of(v): spy.dense(g) for v, g in pairs if v is not None},
+                    tensors=[g for v, g in pairs if v is not None]))
             spy._depth += 1
             try:
                 return original(optimizer, *args, **kwargs)

@@ -3,9 +3,10 @@
 Beyond the model's own state (`Engine.state`: weights, BatchNorm statistics, seed
 generators, the model's optimizer and metrics), a hand-written step reaches optimizers
 and metrics through its module's globals, its closure or attributes of the model (two
-optimizers, one per loss). Their variables are snapshotted too. An optimizer that was
-never built would be built by the step (new variables on the user's object): a fresh
-copy of it takes each run instead, swapped in wherever the step reaches it.
+optimizers, one per loss). Their variables are snapshotted too (a torch.optim optimizer's
+state dict, deep-copied and loaded back). An optimizer that was never built would be built by
+the step (new variables on the user's object): a fresh copy of it takes each run instead,
+swapped in wherever the step reaches it.
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ class StepState:
             metrics += references(fn, is_metric)
         self.optimizer_refs = reached
         self.optimizers = _unique(r.get() for r in reached)
+        # torch.optim: no variables, a state dict (moments, step counts) that step() changes in place
+        self.native = [(o, _copied_state(o)) for o in self.optimizers if _native(o)]
+        self.optimizers = [o for o in self.optimizers if not _native(o)]
         self.unbuilt = [o for o in self.optimizers if not _built(o)]
         known = {id(v) for v in self.model_state.variables}
         extra = []
@@ -104,15 +108,49 @@ class StepState:
         self.model_state.restore()
         for v, value in zip(self.extra, self.extra_values):
             v.assign(value)
+        for optimizer, saved in self.native:
+            optimizer.load_state_dict(_copied_state_dict(saved))
 
     def identical(self) -> bool:
         if not self.model_state.identical():
+            return False
+        if any(not _same_state(_copied_state(o), saved) for o, saved in self.native):
             return False
         for v, value in zip(self.extra, self.extra_values):
             now = np.array(v.numpy())
             if now.dtype != value.dtype or now.shape != value.shape or now.tobytes() != value.tobytes():
                 return False
         return all(not _built(o) for o in self.unbuilt)
+
+
+def _native(optimizer) -> bool:
+    """A torch.optim optimizer (by what it has: parameter groups and a state dict, no Keras variables)."""
+    return hasattr(optimizer, "param_groups") and hasattr(optimizer, "load_state_dict") and \
+        not hasattr(optimizer, "variables")
+
+
+def _copied_state(optimizer) -> dict:
+    return _copied_state_dict(optimizer.state_dict())
+
+
+def _copied_state_dict(state: dict) -> dict:
+    import copy
+
+    return copy.deepcopy(state)  # tensors cloned: load_state_dict and step() must not share them
+
+
+def _same_state(a, b) -> bool:
+    """Two state dicts, tensors compared bit for bit."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    if hasattr(a, "detach") and hasattr(a, "shape"):
+        x, y = a.detach().cpu().numpy(), b.detach().cpu().numpy()
+        return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+    return a == b
 
 
 def _built(optimizer) -> bool:

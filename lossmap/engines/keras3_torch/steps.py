@@ -7,7 +7,10 @@ first update is taken without autograd recording (as `TorchTrainer.train_step` a
 A step's gradient on torch is what `X.backward()` leaves in each parameter's `.grad`: the step's
 `X.backward()` is read as TensorFlow's `tape.gradient(X, variables)` (`gradient_calls`), run through
 `backward_recorder` (each addend's gradient by autograd before the graph is consumed), and its
-variables narrowed to those whose `.grad` an optimizer call is handed (`narrow_to_applied`).
+variables narrowed to those whose `.grad` an optimizer call is handed (`narrow_to_applied`). A torch.optim
+optimizer (`torch.optim.Adam(model.parameters())`, as Keras's torch training-loop guide writes it) applies
+what `backward()` left when the step calls its `step()`: recorded by the spy (`parameter_steps`), its state
+snapshotted with the step's (`lossmap.steps.state`).
 """
 from __future__ import annotations
 
@@ -17,13 +20,49 @@ from lossmap.engines.keras3.steps import (  # noqa: F401 - the same on torch
     KERAS_LOSS_SIGNATURES,
     Expansion,
     additional_for,
-    builtin_loss_name,
     metric_classes,
-    optimizer_classes,
     probe,
     training_layers,
     variable_namer,
 )
+
+
+SYNTHETIC_CLASS_IDS = "int64"  # made-up class ids as torch.nn.CrossEntropyLoss takes them (Long); Keras's too
+
+# torch.nn's losses, by the Keras loss whose labels they read (for synthetic labels: class ids for CrossEntropyLoss)
+TORCH_LOSS_LABELS = {"CrossEntropyLoss": "sparse_categorical_crossentropy", "NLLLoss": "sparse_categorical_crossentropy",
+                     "MSELoss": "mean_squared_error", "L1Loss": "mean_absolute_error",
+                     "BCELoss": "binary_crossentropy", "BCEWithLogitsLoss": "binary_crossentropy"}
+
+
+def builtin_loss_name(obj):
+    """The built-in Keras loss `obj` computes, or for a torch.nn loss the one whose labels it reads."""
+    name = _k3.builtin_loss_name(obj)
+    if name is None and type(obj).__module__.startswith("torch.nn"):
+        name = TORCH_LOSS_LABELS.get(type(obj).__name__)
+    return name
+
+
+def optimizer_classes():
+    """Keras's optimizers, and torch.optim's (a step may train a Keras model with `torch.optim.Adam(model.parameters())`)."""
+    import torch
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    return (BaseOptimizer, torch.optim.Optimizer)
+
+
+def parameter_steps(model):
+    """(torch.optim's optimizer classes, parameter -> the model's Keras variable holding it): for the optimizer
+    spy (`lossmap.steps.spy`), which records what each `optimizer.step()` finds in the parameters' `.grad`."""
+    import torch
+
+    classes, todo = [], [torch.optim.Optimizer]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo += cls.__subclasses__()
+    by_parameter = {id(v.value): v for v in model.variables}
+    return classes, lambda p: by_parameter.get(id(p))
 
 
 def overrides(model) -> dict:
@@ -54,7 +93,8 @@ def gradient_calls(step):
 
     from lossmap.steps.read import GradientCall
 
-    applies = any(c.method in ("apply", "apply_gradients") for c in step.optimizer_calls)
+    applies = any(c.method in ("apply", "apply_gradients") for c in step.optimizer_calls) or \
+        bool(m.findall(step.function, m.Call(func=m.Attribute(attr=m.Name("step")), args=[])))  # torch.optim
     for stmt in step.statements:
         for call in m.findall(stmt.node, m.Call(func=m.Attribute(attr=m.Name("backward")))):
             g = GradientCall(index=len(step.gradients), tape=None, line=step.line_of(call), statement=stmt.index,
@@ -126,9 +166,8 @@ def no_objective_reason(d):
     except KeyError:
         where = f"{d.step.file}:{d.step.start_line}"
     return (f"{d.fn.__qualname__} ({where}) calls {target}.backward() but no optimizer call in it applies the "
-            "gradients it leaves in .grad (a Keras optimizer's apply(gradients, variables) or apply_gradients; "
-            "a torch.optim optimizer's step() is not read): lossmap explains a step that computes and applies "
-            "gradients")
+            "gradients it leaves in .grad (a Keras optimizer's apply(gradients, variables) or apply_gradients, "
+            "or a torch.optim optimizer's step()): lossmap explains a step that computes and applies gradients")
 
 
 def dense_gradient(g):
