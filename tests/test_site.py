@@ -17,7 +17,7 @@ import pytest
 from site_build import REPO, SITE, built_site, html_files, import_sitegen
 
 SLUGS = ["add-loss-and-kl", "model-losses", "physics-terms", "input-gradients", "one-loss-or-two-optimizers",
-         "loss-weights", "engines"]
+         "loss-weights", "engines", "backends"]
 
 
 class Page(HTMLParser):
