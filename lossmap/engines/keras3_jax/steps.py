@@ -132,21 +132,33 @@ def _jax_trainer():
 def _stateless_adapter(fn):
     """The instrumented `stateless_compute_loss` as the model's `compute_loss` (`stateless_compute_loss_override`)."""
 
+    def call(instrumented, model, x, y, y_pred, sample_weight, training):
+        values = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables,
+                                                   model.metrics_variables)]
+        return instrumented(model, *values, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    return _as_compute_loss(call, has_aux=True)
+
+
+def _as_compute_loss(call, has_aux):
+    """`adapt` for `lossmap.steps.decompose`: a differentiated function's instrumented copy as the model's
+    `compute_loss`, which Keras's written-out step calls. `call(instrumented, model, x, y, y_pred, sample_weight,
+    training)` hands the copy its arguments; while it runs, the model's own `compute_loss` is Keras's again (a
+    `self.compute_loss` or `super()` call inside the function must not reach the copy). The loss is what the
+    function returns, its first item with `has_aux`."""
+
     def adapt(instrumented):
         def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            patched = model.__dict__.pop("compute_loss", None)  # Keras's, for the override's super() call
-            values = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables,
-                                                       model.metrics_variables)]
+            patched = model.__dict__.pop("compute_loss", None)
             try:
-                out = instrumented(model, *values, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                   training=training)
+                out = call(instrumented, model, x, y, y_pred, sample_weight, training)
             finally:
                 if patched is not None:
                     object.__setattr__(model, "compute_loss", patched)
-            return out[0]
+            return out[0] if has_aux else out
         return compute_loss
 
-    adapt.has_aux = True
+    adapt.has_aux = has_aux
     return adapt
 
 
@@ -328,23 +340,14 @@ def _loop_adapter(arguments, has_aux, state):
     """The instrumented differentiated function as the model's `compute_loss` (`training_loop_step`): called
     with what the step passes it, each argument one of the state's lists or of the batch's parts."""
 
-    def adapt(instrumented):
-        def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            patched = model.__dict__.pop("compute_loss", None)  # a model.compute_loss inside it is Keras's
-            parts = {"state": state.values(model), "data": (x, y, sample_weight)}
-            args = [parts[kind][i] for keyword, (kind, i) in arguments if keyword is None]
-            kwargs = {keyword: parts[kind][i] for keyword, (kind, i) in arguments if keyword is not None}
-            try:
-                with _variables_as_stored(model):
-                    out = instrumented(*args, **kwargs)
-            finally:
-                if patched is not None:
-                    object.__setattr__(model, "compute_loss", patched)
-            return out[0] if has_aux else out
-        return compute_loss
+    def call(instrumented, model, x, y, y_pred, sample_weight, training):
+        parts = {"state": state.values(model), "data": (x, y, sample_weight)}
+        args = [parts[kind][i] for keyword, (kind, i) in arguments if keyword is None]
+        kwargs = {keyword: parts[kind][i] for keyword, (kind, i) in arguments if keyword is not None}
+        with _variables_as_stored(model):
+            return instrumented(*args, **kwargs)
 
-    adapt.has_aux = has_aux
-    return adapt
+    return _as_compute_loss(call, has_aux)
 
 
 def _loop_real_step(fn, state, n_data):
@@ -390,23 +393,16 @@ def _adapter(fn, has_aux):
     """The instrumented differentiated function as the model's `compute_loss` (see `differentiated_function`)."""
     takes_training = "training" in inspect.signature(fn).parameters
 
-    def adapt(instrumented):
-        def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            patched = model.__dict__.pop("compute_loss", None)  # its own self.compute_loss is Keras's
-            values = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
-            losses, model._losses_override = model._losses_override, []  # self.losses as the real step reads it
-            try:
-                with _variables_as_stored(model):
-                    out = instrumented(model, *values, x, y, **({"training": True} if takes_training else {}))
-            finally:
-                model._losses_override = losses
-                if patched is not None:
-                    object.__setattr__(model, "compute_loss", patched)
-            return out[0] if has_aux else out
-        return compute_loss
+    def call(instrumented, model, x, y, y_pred, sample_weight, training):
+        values = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+        losses, model._losses_override = model._losses_override, []  # self.losses as the real step reads it
+        try:
+            with _variables_as_stored(model):
+                return instrumented(model, *values, x, y, **({"training": True} if takes_training else {}))
+        finally:
+            model._losses_override = losses
 
-    adapt.has_aux = has_aux
-    return adapt
+    return _as_compute_loss(call, has_aux)
 
 
 def _variables_as_stored(model):
