@@ -9,6 +9,7 @@ gradients it finds there, named through the Keras variable that holds each param
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,22 +40,20 @@ class OptimizerSpy:
         self._depth = 0
 
     def __enter__(self):
-        owners = {}
+        owners = {}  # (class, method) -> (the method, what a call of it hands the optimizer)
         for cls in self.classes:
             for klass in cls.__mro__:
                 for name in SPIED_METHODS:
                     if name in vars(klass) and (klass, name) not in owners:
-                        owners[(klass, name)] = vars(klass)[name]
-        for (klass, name), original in owners.items():
-            setattr(klass, name, self._wrap(name, original))
-            self._saved.append((klass, name, original))
+                        owners[(klass, name)] = (vars(klass)[name], functools.partial(self._handed, name))
         if self.parameter_steps is not None:
             classes, variable_of = self.parameter_steps
             for klass in classes:
                 if "step" in vars(klass):
-                    original = vars(klass)["step"]
-                    setattr(klass, "step", self._wrap_step(original, variable_of))
-                    self._saved.append((klass, "step", original))
+                    owners[(klass, "step")] = (vars(klass)["step"], functools.partial(self._in_grad, variable_of))
+        for (klass, name), (original, record) in owners.items():
+            setattr(klass, name, self._spied(original, record))
+            self._saved.append((klass, name, original))
         return self
 
     def __exit__(self, *exc):
@@ -63,54 +62,14 @@ class OptimizerSpy:
         self._saved.clear()
         return False
 
-    def _wrap(self, name, original):
-        spy = self
-
-        def spied(optimizer, *args, **kwargs):
-            if spy._depth:
-                return original(optimizer, *args, **kwargs)
-            args = list(args)
-            if name == "apply_gradients":
-                pairs = list(args[0] if args else kwargs.pop("grads_and_vars"))
-                args = [pairs] + args[1:]
-                grads = [g for g, _ in pairs]
-                variables = [v for _, v in pairs]
-            else:
-                grads = list(args[0] if args else kwargs["grads"])
-                if args:
-                    args[0] = grads
-                else:
-                    kwargs["grads"] = grads
-                variables = args[1] if len(args) > 1 else kwargs.get("trainable_variables")
-                variables = list(variables) if variables is not None else list(getattr(optimizer, "_trainable_variables", []))
-                if len(args) > 1:
-                    args[1] = variables
-                elif "trainable_variables" in kwargs:
-                    kwargs["trainable_variables"] = variables
-            spy.updates.append(Update(
-                optimizer=optimizer, method=name,
-                gradients={spy.path_of(v): spy.dense(g) for g, v in zip(grads, variables)},
-                tensors=grads))
-            spy._depth += 1
-            try:
-                return original(optimizer, *args, **kwargs)
-            finally:
-                spy._depth -= 1
-
-        spied.__wrapped__ = original
-        return spied
-
-    def _wrap_step(self, original, variable_of):
+    def _spied(self, original, record):
+        """`original`, recording its outermost calls: `record(optimizer, args, kwargs)` appends their `Update`
+        and returns the arguments to call it with (iterators it read, as lists)."""
         spy = self
 
         def spied(optimizer, *args, **kwargs):
             if not spy._depth:
-                params = [p for group in optimizer.param_groups for p in group["params"]]
-                pairs = [(variable_of(p), p.grad) for p in params]
-                spy.updates.append(Update(
-                    optimizer=optimizer, method="step",
-                    gradients={spy.path_of(v): spy.dense(g) for v, g in pairs if v is not None},
-                    tensors=[g for v, g in pairs if v is not None]))
+                args, kwargs = record(optimizer, list(args), kwargs)
             spy._depth += 1
             try:
                 return original(optimizer, *args, **kwargs)
@@ -119,3 +78,36 @@ class OptimizerSpy:
 
         spied.__wrapped__ = original
         return spied
+
+    def _handed(self, name, optimizer, args, kwargs):
+        """`apply_gradients(grads_and_vars)` / `apply(grads, trainable_variables)`: the gradients passed."""
+        if name == "apply_gradients":
+            pairs = list(args[0] if args else kwargs.pop("grads_and_vars"))
+            args = [pairs] + args[1:]
+            grads = [g for g, _ in pairs]
+            variables = [v for _, v in pairs]
+        else:
+            grads = list(args[0] if args else kwargs["grads"])
+            if args:
+                args[0] = grads
+            else:
+                kwargs["grads"] = grads
+            variables = args[1] if len(args) > 1 else kwargs.get("trainable_variables")
+            variables = list(variables) if variables is not None else list(getattr(optimizer, "_trainable_variables", []))
+            if len(args) > 1:
+                args[1] = variables
+            elif "trainable_variables" in kwargs:
+                kwargs["trainable_variables"] = variables
+        self.updates.append(Update(optimizer=optimizer, method=name,
+                                   gradients={self.path_of(v): self.dense(g) for g, v in zip(grads, variables)},
+                                   tensors=grads))
+        return args, kwargs
+
+    def _in_grad(self, variable_of, optimizer, args, kwargs):
+        """torch.optim's `step()`: what it finds in each parameter's `.grad`, by the variable holding it."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        pairs = [(variable_of(p), p.grad) for p in params]
+        self.updates.append(Update(optimizer=optimizer, method="step",
+                                   gradients={self.path_of(v): self.dense(g) for v, g in pairs if v is not None},
+                                   tensors=[g for v, g in pairs if v is not None]))
+        return args, kwargs
