@@ -25,7 +25,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from lossmap.engine_diff import _fmt, citation, where  # one way to print a value in both comparisons
-from lossmap.engines.common.anchor_kit import assign_to, call_attr
+from lossmap.engines.common.anchor_kit import assign_to, call_attr, self_attr, step_loss
 
 LABEL = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
@@ -203,11 +203,9 @@ def _diff_jax_only_override(cmp: Comparison) -> list:
             continue
         jax_cite = cite("jax", "keras.src.backend.jax.trainer", "JAXTrainer.compute_loss_and_updates",
                         m.Assign(targets=[m.AssignTarget(target=m.Tuple())],
-                                 value=m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("stateless_compute_loss")))),
+                                 value=m.Call(func=self_attr("stateless_compute_loss"))),
                         "loss, variables = self.stateless_compute_loss(...)")
-        others = [cite(b, *TRAINER[b], assign_to("loss", m.Call(func=m.Attribute(value=m.Name("self"),
-                                                                                  attr=m.Name("_compute_loss")))),
-                       "loss = self._compute_loss(...)") for b in skipping if b in TRAINER]
+        others = [cite(b, *TRAINER[b], *step_loss()) for b in skipping if b in TRAINER]
         msg = (f"{row['id']} is computed in {function} (line {source.get('line')}), which only the JAX backend's "
                f"trainer calls ({where(jax_cite)}); "
                + "; ".join(f"{LABEL.get(c['engine'], c['engine'])}'s train_step takes its loss from "

@@ -19,6 +19,12 @@ def assign_to(name, value=m.DoNotCare()):
     return m.Assign(targets=[m.AssignTarget(target=m.Name(name))], value=value)
 
 
+def step_loss():
+    """(matcher, label) of `loss = self._compute_loss(...)`: where the TensorFlow and torch `train_step` take
+    their loss (JAX's takes it from `stateless_compute_loss` instead)."""
+    return assign_to("loss", m.Call(func=self_attr("_compute_loss"))), "loss = self._compute_loss(...)"
+
+
 def calls(name):
     """A call of a plain name, e.g. `reduce_values(...)`."""
     return m.Call(func=m.Name(name))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import libcst.matchers as m
 
-from lossmap.engines.common.anchor_kit import assign_to, call_attr, method_call, self_attr
+from lossmap.engines.common.anchor_kit import assign_to, call_attr, method_call, self_attr, step_loss
 from lossmap.engines.common import facts as common_facts
 from lossmap.engines.common.helpers import shared_facts
 from lossmap.engines.keras3.anchors import COMPILE_UTILS, LAYER, LOSS, TF_NN, TF_TRAINER, TRAINER
@@ -62,8 +62,7 @@ def _surprise_specs() -> dict:
     """The statements `lossmap.surprises` cites: where Keras 3 changes the loss without an error."""
     return {
         "k3_step_loss": (
-            TF_TRAINER, "TensorFlowTrainer.train_step",
-            [(assign_to("loss", m.Call(func=self_attr("_compute_loss"))), "loss = self._compute_loss(...)")]),
+            TF_TRAINER, "TensorFlowTrainer.train_step", [step_loss()]),
         "k3_weight_multiply": (
             LOSS, "reduce_weighted_values",
             [(assign_to("values", m.BinaryOperation(left=m.Name("values"), operator=m.Multiply())),

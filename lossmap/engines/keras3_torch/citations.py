@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import libcst.matchers as m
 
-from lossmap.engines.common.anchor_kit import assign_to, call_attr, method_call, self_attr
+from lossmap.engines.common.anchor_kit import assign_to, call_attr, method_call, self_attr, step_loss
 from lossmap.engines.keras3 import citations as _k3
 from lossmap.engines.keras3.anchors import TRAINER
 from lossmap.engines.keras3_torch.anchors import TORCH_NN, TORCH_TRAINER
@@ -31,8 +31,7 @@ def specs() -> dict:
             TORCH_TRAINER, "TorchTrainer.train_step",
             [(method_call(self_attr("_loss_tracker"), "update_state"), "self._loss_tracker.update_state(loss, ...)")]),
         "k3_step_loss": (
-            TORCH_TRAINER, "TorchTrainer.train_step",
-            [(assign_to("loss", m.Call(func=self_attr("_compute_loss"))), "loss = self._compute_loss(...)")]),
+            TORCH_TRAINER, "TorchTrainer.train_step", [step_loss()]),
         "k3_scale_loss": (
             TORCH_TRAINER, "TorchTrainer.train_step",
             [(m.Assign(targets=[m.AssignTarget(m.Name("loss"))], value=method_call(self_attr("optimizer"), "scale_loss")),
