@@ -39,9 +39,9 @@ from typing import Optional
 import libcst as cst
 
 from lossmap.steps.read import StepSource, last_name, names_read, positional
-from lossmap.steps.syntax import (KERAS_LOSS_METHODS, KERAS_LOSS_PAIR_METHODS, SUM_CALLS, assigned_value,
-                                  defaulted_names, expression_text, inner_blocks, is_composite, literal_number,
-                                  one_line, short_name, unpacked_keras_loss)
+from lossmap.steps.syntax import (KERAS_LOSS_METHODS, SUM_CALLS, assigned_value, defaulted_names, expression_text,
+                                  inner_blocks, is_composite, is_pair_loss_call, literal_number, one_line,
+                                  short_name, unpacked_keras_loss)
 
 MAX_DEPTH = 40  # names followed back through at most this many assignments
 
@@ -198,10 +198,7 @@ class _Splitter:
             if found is None or inner_blocks(*found):
                 return None
             value = assigned_value(found[0], value.value)
-        if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and \
-                value.func.attr.value in KERAS_LOSS_PAIR_METHODS:
-            return value
-        return None
+        return value if is_pair_loss_call(value) else None
 
     def _model_losses(self, node, ctx):
         if isinstance(node, cst.Call) and last_name(node.func) in SUM_CALLS and len(node.args) >= 1:

@@ -76,9 +76,13 @@ def unpacked_keras_loss(stmt: Statement, name: str):
     if not (isinstance(target, (cst.Tuple, cst.List)) and len(target.elements) == 2
             and m.matches(target.elements[0].value, m.Name(name))):
         return None
-    if isinstance(call.func, cst.Attribute) and call.func.attr.value in KERAS_LOSS_PAIR_METHODS:
-        return call
-    return None
+    return call if is_pair_loss_call(call) else None
+
+
+def is_pair_loss_call(node) -> bool:
+    """A call of a Keras loss method that returns (loss, aux): `self.stateless_compute_loss(...)`."""
+    return isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and \
+        node.func.attr.value in KERAS_LOSS_PAIR_METHODS
 
 
 def assigned_value(stmt: Statement, name: str):
