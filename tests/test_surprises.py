@@ -564,28 +564,17 @@ def test_a_weight_regularizer_against_the_data_term_is_no_gradient_conflict():
 
 
 # ---------------------------------------------------------------- an override this backend never calls
-class _JaxOnlyPenalty(keras.Model):
-    """Adds 1.0 to the loss in `stateless_compute_loss`, which only the JAX trainer calls."""
-
-    def stateless_compute_loss(self, trainable_variables, non_trainable_variables, metrics_variables,
-                               x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss, variables = super().stateless_compute_loss(
-            trainable_variables, non_trainable_variables, metrics_variables,
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        return loss + 1.0, variables
-
-
 def test_a_stateless_compute_loss_override_is_named_where_the_trainer_never_calls_it():
     """On TensorFlow, train_step takes its loss from `_compute_loss`: the override adds nothing, and the
-    finding cites the trainer's line and the loss the real step computed (without the 1.0)."""
-    inp = keras.Input((2,), name="x")
-    model = _JaxOnlyPenalty(inp, keras.layers.Dense(1, name="out")(inp))
-    model.compile(optimizer="sgd", loss="mse")
-    x, y = f32([[1.0, 2.0], [0.5, -1.0]]), f32([[1.0], [0.0]])
-    a = analyse(model, (x, y))
+    finding cites the trainer's line and the loss the real step computed (without the penalty)."""
+    from lossmap.examples.backend_differences import jax_only_penalty
+
+    x, y = f32([[1.0, 2.0, 0.0, -1.0], [0.5, -1.0, 2.0, 1.0]]), f32([[1.0, 0.0], [0.0, 1.0]])
+    a = analyse(jax_only_penalty(), (x, y))
     assert a.total.verified and not a.model.custom_compute_loss
     (f,) = found(a, "OVERRIDE_NEVER_CALLED")
-    assert f.level == "warning" and "_JaxOnlyPenalty.stateless_compute_loss" in f.message
+    assert f.level == "warning" and f.message.startswith("JaxOnlyPenalty.stateless_compute_loss overrides")
     assert re.search(r"backend/tensorflow/trainer\.py:\d+", f.message), f.message
     assert f"{a.total.train_step:.6g}" in f.message
-    assert not found(analyse(compiled(keras.Model(inp, keras.layers.Dense(1)(inp))), (x, y)), "OVERRIDE_NEVER_CALLED")
+    inp = keras.Input((4,), name="x")
+    assert not found(analyse(compiled(keras.Model(inp, keras.layers.Dense(2)(inp))), (x, y)), "OVERRIDE_NEVER_CALLED")

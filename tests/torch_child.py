@@ -214,7 +214,7 @@ def compute_loss_override():
 def override_never_called():
     import lossmap
 
-    return summary(lossmap.analyse("torch_custom_steps.py:jax_only_penalty", imports=()))
+    return summary(lossmap.analyse("lossmap.examples.backend_differences:jax_only_penalty", imports=()))
 
 
 @case("custom")

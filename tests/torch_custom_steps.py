@@ -27,21 +27,6 @@ def penalised():
     return _net(PenalisedModel, "penalised", 4)
 
 
-class JaxOnlyPenaltyModel(keras.Model):
-    """Overrides stateless_compute_loss, which only the JAX trainer calls: on torch it adds nothing."""
-
-    def stateless_compute_loss(self, trainable_variables, non_trainable_variables, metrics_variables,
-                               x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss, variables = super().stateless_compute_loss(
-            trainable_variables, non_trainable_variables, metrics_variables,
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        return loss + 1.0, variables
-
-
-def jax_only_penalty():
-    return _net(JaxOnlyPenaltyModel, "jax_only_penalty", 4)
-
-
 class GuideStepModel(keras.Model):
     """train_step as Keras's "Customizing what happens in fit() with PyTorch" guide writes it."""
 

@@ -7,8 +7,10 @@ backends page; tests/backend_models.py). Each factory builds its model on whatev
 `saturated`: a softmax output whose probabilities saturate (large output weights): sparse crossentropy from
 the cached logits (TensorFlow) and from the clipped probabilities (JAX, PyTorch) differ measurably.
 `agreeing`: MSE, an L2 and an `add_loss`, which every backend computes alike.
-`jax_only_penalty`: a `stateless_compute_loss` override adding a penalty, which only the JAX trainer calls.
+`jax_only_penalty`: a `stateless_compute_loss` override adding a penalty, which only the JAX trainer calls
+(tests/test_surprises.py and tests/torch_child.py check it on TensorFlow and PyTorch, where it is never called).
 """
+import keras
 
 
 def saturated():
@@ -41,18 +43,19 @@ def agreeing():
     return model
 
 
+class JaxOnlyPenalty(keras.Model):
+    """Keras's loss plus 0.5 * mean(y_pred^2), added in `stateless_compute_loss`: only the JAX trainer calls it."""
+
+    def stateless_compute_loss(self, trainable_variables, non_trainable_variables, metrics_variables,
+                               x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss, variables = super().stateless_compute_loss(
+            trainable_variables, non_trainable_variables, metrics_variables,
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        penalty = keras.ops.mean(keras.ops.square(y_pred))
+        return loss + 0.5 * penalty, variables
+
+
 def jax_only_penalty():
-    import keras
-
-    class JaxOnlyPenalty(keras.Model):
-        def stateless_compute_loss(self, trainable_variables, non_trainable_variables, metrics_variables,
-                                   x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            loss, variables = super().stateless_compute_loss(
-                trainable_variables, non_trainable_variables, metrics_variables,
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-            penalty = keras.ops.mean(keras.ops.square(y_pred))
-            return loss + 0.5 * penalty, variables
-
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,), name="x")
     model = JaxOnlyPenalty(inputs, keras.layers.Dense(2, name="out")(inputs), name="jax_only_penalty")
