@@ -8,6 +8,7 @@ from lossmap.backend_diff import keras_file
 from lossmap.compare_backends import analyse_backends
 from lossmap.examples import backend_differences as models
 from lossmap.sources import definition
+from sitegen.build import SiteBuildError
 from sitegen.claims import num
 from sitegen.code import file_lines, source_of
 
@@ -25,8 +26,8 @@ LABEL = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 def build(page) -> dict:
     missing = [b for b in ("jax", "torch") if backends.missing(b)]
     if missing:  # the page is about every backend: say which one the build machine lacks, in one line
-        raise RuntimeError(f"the backends page needs Keras 3 on {', '.join(missing)} installed ({missing[0]}: "
-                           f"{backends.missing(missing[0])})")
+        raise SiteBuildError(f"page '{SLUG}' needs Keras 3 on {', '.join(missing)} installed: "
+                             f"{backends.missing(missing[0])}")
     runs = {}
     for fn, title in (("agreeing", "the same on every backend"), ("saturated", "a saturated softmax"),
                       ("jax_only_penalty", "a stateless_compute_loss override")):
