@@ -86,10 +86,24 @@ def state_of(model):
     return [(v.path, np.array(v.value).tobytes()) for v in vs], model.optimizer.built
 
 
+def gradient_norm(grads) -> float:
+    """|gradient| over every variable, summed in float64."""
+    import numpy as np
+
+    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in grads)))
+
+
+def jax_addends(addends, values) -> dict:
+    """{name: {"value", "norm"}}: each addend written out as a function of the trainable values, and the norm of
+    its `jax.grad`: the independent reference lossmap's terms are held to."""
+    import jax
+
+    return {name: {"value": float(f(values)), "norm": gradient_norm(jax.grad(f)(values))} for name, f in addends.items()}
+
+
 def jax_total_gradient_norm(model, xs, ys, sw):
     """|gradient of the total| as Keras's own compute_loss_and_updates gives it, with jax.grad."""
     import jax
-    import numpy as np
 
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
@@ -99,7 +113,7 @@ def jax_total_gradient_norm(model, xs, ys, sw):
     ov = [v.value for v in opt.variables]
     grads = jax.grad(lambda t: model.compute_loss_and_updates(t, ntv, mv, xs, ys, sw, training=True,
                                                               optimizer_variables=ov)[0])(tv)
-    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in grads)))
+    return gradient_norm(grads)
 
 
 def deferred_loading(out_dir, archive, batch_path):
@@ -220,7 +234,6 @@ def noisy_compute_loss():
 def stateless_compute_loss_override():
     """custom_steps_jax.py's `stateless_penalised`: Keras's terms found inside the override's `super()` call, the
     penalty as a custom term, each addend's value and gradient next to `jax.grad` of it written out here."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -243,7 +256,6 @@ def stateless_compute_loss_override():
     addends = {"compiled/out": lambda t: jnp.mean(jnp.square(jnp.asarray(y) - y_pred(t))),
                "regularizer/hidden/kernel": lambda t: 1e-2 * jnp.sum(jnp.square(t[index])),
                "custom/penalty": lambda t: 0.2 * jnp.mean(jnp.square(y_pred(t)))}
-    norm = lambda gs: float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in gs)))  # noqa: E731
     return {"verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
             "reproduced": a.total.reproduced, "train_step": a.total.train_step, "path": a.total.path,
             "bit_identical": state_of(model) == before, "findings": [f.code for f in a.findings],
@@ -253,14 +265,13 @@ def stateless_compute_loss_override():
                       for t in a.terms},
             "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},
             "views": [v.title for v in a.step_view],
-            "jax": {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}}
+            "jax": jax_addends(addends, tv)}
 
 
 def training_loop():
     """tests/jax_training_loop.py (the JAX guide's training loop): `--step train_step` through the CLI, and the
     same step through the API next to `jax.grad` of each addend written out here; the model's and the loop
     optimizer's variables bit for bit before and after."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -285,7 +296,6 @@ def training_loop():
 
     addends = {"custom/data_loss": lambda t: jnp.mean(jnp.square(jnp.asarray(y) - y_pred(t))),
                "custom/smooth": lambda t: 0.3 * jnp.mean(jnp.square(y_pred(t)[:, 1:] - y_pred(t)[:, :-1]))}
-    norm = lambda gs: float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in gs)))  # noqa: E731
     return {"cli": {"code": code, "json": json.loads(out) if out.strip() else None, "stderr": err[-2000:]},
             "verified": a.total.verified, "gradients_verified": getattr(a.total, "gradients_verified", None),
             "reproduced": a.total.reproduced, "train_step": a.total.train_step, "path": a.total.path,
@@ -298,7 +308,7 @@ def training_loop():
             "gradients": {k: v["norm"] for k, v in (a.gradients or {}).get("terms", {}).items()},
             "views": [{"qualname": v.qualname, "highlighted": [ln.number for ln in v.lines if ln.highlight]}
                       for v in a.step_view],
-            "jax": {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}}
+            "jax": jax_addends(addends, tv)}
 
 
 def stateless_step_override():
@@ -340,9 +350,8 @@ def stateless_step_override():
     addends = {"compiled/out": lambda t: jnp.mean(jnp.square(jnp.asarray(y) - y_pred(t))),
                "regularizer/hidden/kernel": lambda t: 1e-2 * jnp.sum(jnp.square(kernel.value)) + 0 * t[0].sum(),
                "custom/smooth": lambda t: 0.1 * jnp.mean(jnp.square(y_pred(t)[:, 1:] - y_pred(t)[:, :-1]))}
-    norm = lambda gs: float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in gs)))  # noqa: E731
-    out["jax"] = {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}
-    out["jax_total_norm"] = norm(jax.grad(lambda t: model.loss_and_updates(t, ntv, jnp.asarray(x), jnp.asarray(y),
+    out["jax"] = jax_addends(addends, tv)
+    out["jax_total_norm"] = gradient_norm(jax.grad(lambda t: model.loss_and_updates(t, ntv, jnp.asarray(x), jnp.asarray(y),
                                                                          training=True)[0])(tv))
     out["bit_identical_after_jax"] = state_of(model) == before
     return out
@@ -351,8 +360,6 @@ def stateless_step_override():
 def compute_loss_override():
     """tests/custom_steps.py's `penalised` (a compute_loss override) on a live model: its addends, the
     verification, and each addend's gradient next to `jax.grad` of the same addend written out here."""
-    import numpy as np
-
     import custom_steps
     import lossmap
 
@@ -377,9 +384,7 @@ def compute_loss_override():
 
 def addend_gradient_norms(model, x, y):
     """|jax.grad| of each of penalised's addends, written out with jax.numpy from `stateless_call`."""
-    import jax
     import jax.numpy as jnp
-    import numpy as np
 
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
@@ -391,8 +396,7 @@ def addend_gradient_norms(model, x, y):
     addends = {"compiled/out": lambda t: jnp.mean(jnp.square(jnp.asarray(y) - y_pred(t))),
                "regularizer/hidden/kernel": lambda t: 1e-2 * jnp.sum(jnp.square(t[kernel])),
                "custom/energy": lambda t: 0.05 * jnp.mean(jnp.square(y_pred(t)))}
-    norm = lambda gs: float(np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64)))) for g in gs)))  # noqa: E731
-    return {name: {"value": float(f(tv)), "norm": norm(jax.grad(f)(tv))} for name, f in addends.items()}
+    return jax_addends(addends, tv)
 
 
 # ---------------------------------------------------------------- property
