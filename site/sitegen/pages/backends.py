@@ -45,12 +45,8 @@ def build(page) -> dict:
     }
 
 
-def _comparison(a) -> dict:
-    return a.backend_comparison
-
-
 def _table(a) -> dict:
-    bc = _comparison(a)
+    bc = a.backend_comparison
     rows = [{"id": r["id"], "kind": r["kind"], "differs": r["differs"],
              "values": [(r["values"].get(b) or {}).get("value") for b in bc["backends"]]} for r in bc["rows"]]
     totals = [bc["totals"][b]["reproduced"] for b in bc["backends"]]
@@ -58,7 +54,7 @@ def _table(a) -> dict:
 
 
 def _difference(a, code) -> dict:
-    return next(d for d in _comparison(a)["differences"] if d["code"] == code)
+    return next(d for d in a.backend_comparison["differences"] if d["code"] == code)
 
 
 def _card(a, code, claim) -> dict:
@@ -78,18 +74,18 @@ def _window(cite: dict, before: int = 4, after: int = 3):
 
 
 def _row(a, term_id) -> dict:
-    return next(r for r in _comparison(a)["rows"] if r["id"] == term_id)
+    return next(r for r in a.backend_comparison["rows"] if r["id"] == term_id)
 
 
 def _claims(page, runs) -> dict:
     check = page.claims.check
     agreeing, saturated, override = runs["agreeing"], runs["saturated"], runs["jax_only_penalty"]
-    every = [LABEL[b] for b in _comparison(agreeing)["backends"]]
-    verified = all(t["verified"] for a in runs.values() for t in _comparison(a)["totals"].values())
+    every = [LABEL[b] for b in agreeing.backend_comparison["backends"]]
+    verified = all(t["verified"] for a in runs.values() for t in a.backend_comparison["totals"].values())
     kind = _row(saturated, "compiled/kind")["values"]
     penalty = _row(override, "custom/penalty")["values"]
     cap = -math.log(1e-7)
-    totals = {fn: {b: t["reproduced"] for b, t in _comparison(a)["totals"].items()} for fn, a in runs.items()}
+    totals = {fn: {b: t["reproduced"] for b, t in a.backend_comparison["totals"].items()} for fn, a in runs.items()}
     return {
         "cap": check(
             f"Clipped at 1e-7, a probability counts at most -log(1e-7) = {num(cap)} per sample: the JAX and PyTorch "
@@ -108,8 +104,8 @@ def _claims(page, runs) -> dict:
                          penalty["jax"]["contribution"], rel_tol=1e-5)),
         "same": check(
             f"On {', '.join(every)}, the MSE, L2 and `add_loss` model gives every term the same value within "
-            f"tolerance (total {num(_comparison(agreeing)['totals']['tensorflow']['reproduced'])})",
-            not any(r["differs"] for r in _comparison(agreeing)["rows"]) and len(every) == 3),
+            f"tolerance (total {num(agreeing.backend_comparison['totals']['tensorflow']['reproduced'])})",
+            not any(r["differs"] for r in agreeing.backend_comparison["rows"]) and len(every) == 3),
         "verified": check(
             "On every backend, for every model here, lossmap's independent reproduction equals that backend's own "
             "`compute_loss` and its real `train_step`", verified),
