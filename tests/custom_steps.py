@@ -62,6 +62,18 @@ def step_ignores_losses(model, x, y):
     return loss
 
 
+def step_adds_losses_when_present(model, x, y):
+    """As Keras's training-loop guides write it: `model.losses` added in an `if`, which lossmap does not split."""
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        loss = mse(y, pred)
+        if model.losses:
+            loss = loss + tf.add_n(model.losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+
 def step_without_training_flag(model, x, y):
     with tf.GradientTape() as tape:
         pred = model(x)

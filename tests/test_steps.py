@@ -104,6 +104,19 @@ def test_model_losses_ignored():
     assert not finding(analyse("step_adds_losses")[1], "MODEL_LOSSES_IGNORED")
 
 
+def test_model_losses_added_in_a_branch_are_not_said_to_be_ignored():
+    """`if model.losses: loss = loss + tf.add_n(model.losses)` (the guides' form): the branch stays one unsplit
+    term, whose value includes the regularizer; the step does not ignore model.losses, and lossmap says so."""
+    model, r = analyse("step_adds_losses_when_present")
+    kernel = np.array(model.get_layer("hidden").kernel, np.float64)
+    assert r.total.verified and not finding(r, "MODEL_LOSSES_IGNORED")
+    (unsplit,) = finding(r, "UNSPLIT_LOSS")
+    assert "if" in unsplit.message
+    pred = np.array(model(cs.batch()[0], training=True), np.float64)  # no Dropout: the pass the step ran
+    data = np.mean((np.array(cs.batch()[1], np.float64) - pred) ** 2)
+    assert sum(t.contribution for t in r.terms) == pytest.approx(data + 1e-2 * np.sum(kernel ** 2), rel=1e-5)
+
+
 def test_training_flag_missing():
     _, r = analyse("step_without_training_flag", cs.mlp_dropout)
     f = finding(r, "TRAINING_FLAG_MISSING")

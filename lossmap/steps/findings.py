@@ -36,6 +36,8 @@ def _model_losses_ignored(analysis, eng, model, result):
     if not result.losses_after or result.unexpanded or any(
             t.kind in ("weight_regularizer", "activity_regularizer", "add_loss") for t in analysis.terms):
         return []
+    if _reads_losses_unsplit(result.decomposition):
+        return []
     kinds = {}
     for kind, _ in result.losses_after:
         kinds[kind] = kinds.get(kind, 0) + 1
@@ -55,6 +57,18 @@ def _model_losses_ignored(analysis, eng, model, result):
                     f"batch, and the loss the step differentiates ({where}) never includes them: Keras adds them "
                     "only inside compute_loss, so a hand-written step must add sum(model.losses) (or call "
                     f"compute_loss) {inside}")]
+
+
+def _reads_losses_unsplit(d) -> bool:
+    """Some addend's value comes from a `.losses` read lossmap kept inside one term (`if model.losses: loss = loss
+    + tf.add_n(model.losses)`, `torch.sum(*model.losses)`): the loss does include them, unsplit."""
+    losses = m.Attribute(attr=m.Name("losses"))
+    for part in (d, d.nested):
+        for a in (part.parts.addends if part is not None else []):
+            statements = [part.step.statements[a.statement]] + dependencies(part.step, a.value_node, a.statement)
+            if any(m.findall(s.node, losses) for s in statements):
+                return True
+    return False
 
 
 def _where_differentiated(o) -> str:
