@@ -50,7 +50,11 @@ def step_views(analysis, result) -> list:
         views = [_view(analysis, result, d, "user_step", _title(d))]
     if d.nested is not None:
         title = getattr(d.words, "nested_title", None) or "Your compute_loss override"
-        views.append(_view(analysis, result, d.nested, "user_compute_loss", title))
+        view = _view(analysis, result, d.nested, "user_compute_loss", title)
+        if getattr(d.words, "nested_title", None):  # not a compute_loss: the function the step differentiates (JAX)
+            view.explanation = (f"What {d.nested.fn.__qualname__} returns is what the step differentiates; each "
+                                "addend below is one term.")
+        views.append(view)
     return views
 
 
